@@ -1,0 +1,43 @@
+//! `ckpt-bench`: the end-to-end comparison harness. The criterion
+//! micro-benchmarks live in `benches/`; this binary answers the question
+//! they cannot: does a checkpoint written through the store reach the
+//! speed of the disk, as `dd` measures it, on this machine?
+
+mod e2e;
+mod machine;
+mod stats;
+
+use std::path::PathBuf;
+
+use bytesize::ByteSize;
+use clap::{Parser, Subcommand};
+
+/// Benchmarks for ckptfs that need a real disk.
+#[derive(Debug, Parser)]
+#[command(version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    E2e(e2e::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::E2e(args) => e2e::run(&args),
+    }
+}
+
+/// Shared by the flags that take a size: `4GiB`, `1MiB`, `65536`.
+fn parse_size(s: &str) -> Result<u64, String> {
+    s.parse::<ByteSize>().map(|b| b.as_u64())
+}
+
+/// Default bench directory: on the node's own disk, not tmpfs.
+fn default_dir() -> PathBuf {
+    PathBuf::from("/var/tmp/ckpt-bench")
+}

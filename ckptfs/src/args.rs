@@ -1,0 +1,180 @@
+//! Command-line definition: the one source of `--help`.
+
+use std::path::PathBuf;
+
+use bytesize::ByteSize;
+use clap::{Args, Parser, Subcommand};
+use libckpt::config::Overrides;
+use libckpt::io::EngineKind;
+
+const EXIT_CODES: &str = "\
+Exit status:
+  0  success
+  1  error (I/O, configuration, a set that cannot be written or read)
+  2  usage error (unknown flag, bad argument)
+  3  not found (no such job or set, or no complete set to offer)
+  4  verification failed (a missing, truncated or corrupt file in a set)
+
+Configuration: --config FILE, else $CKPTFS_CONFIG, else /etc/ckptfs.toml if it
+exists, else built-in defaults (cache /var/tmp/ckptfs). Every key of the file
+is also a flag below; flags win.";
+
+/// ckptfs: a burst-buffer checkpoint store.
+///
+/// Checkpoints are written to a node-local cache (<cache>/<job>/<set>/…) at
+/// local-disk speed; a set becomes complete when it is committed, and only
+/// complete sets are ever offered for restart.
+#[derive(Debug, Parser)]
+#[command(name = "ckptfs", version, after_help = EXIT_CODES)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "CKPTFS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Cache directory (tier 0) [config: cache; default /var/tmp/ckptfs].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+
+    /// crc32c chunk size for new files, a power of two from 4 KiB to 1 GiB
+    /// [config: store.chunk_size; default 1 MiB].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub chunk_size: Option<ByteSize>,
+
+    /// Complete sets kept per job after each commit; 0 keeps all
+    /// [config: store.keep; default 3].
+    #[arg(long, global = true, value_name = "N")]
+    pub keep: Option<usize>,
+
+    /// I/O engine: auto (io_uring when the kernel allows it), uring, or
+    /// fallback (pread/pwrite) [config: io.engine; default auto].
+    #[arg(long, global = true, value_name = "ENGINE")]
+    pub io_engine: Option<EngineKind>,
+
+    /// I/Os in flight per file on the io_uring path, 1–256
+    /// [config: io.queue_depth; default 8].
+    #[arg(long, global = true, value_name = "N")]
+    pub io_queue_depth: Option<u32>,
+
+    /// Size of each I/O buffer, a multiple of 4 KiB up to 64 MiB
+    /// [config: io.buffer_size; default 1 MiB].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub io_buffer_size: Option<ByteSize>,
+
+    /// Use O_DIRECT where size and alignment allow
+    /// [config: io.direct; default true].
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub io_direct: Option<bool>,
+
+    /// More log output (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+impl Global {
+    pub fn overrides(&self) -> Overrides {
+        Overrides {
+            cache: self.cache.clone(),
+            chunk_size: self.chunk_size,
+            keep: self.keep,
+            io_engine: self.io_engine,
+            io_queue_depth: self.io_queue_depth,
+            io_buffer_size: self.io_buffer_size,
+            io_direct: self.io_direct,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List jobs, or the sets of one job with their state.
+    ///
+    /// States: complete (committed, offered for restart), writing (a live
+    /// writer holds it), abandoned (its writer ended without committing;
+    /// retention removes it), uncommitted (files copied in by hand, waiting
+    /// for `ckptfs commit`), damaged (unreadable manifest; never offered).
+    Ls {
+        /// The job whose sets to list; all jobs when omitted.
+        job: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the newest complete set of a job (exit 3 when there is none).
+    Latest {
+        job: String,
+        /// Print the set's directory instead of its name.
+        #[arg(long, conflicts_with = "json")]
+        path: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-read a complete set and check every chunk's crc32c.
+    ///
+    /// Exits 4 and names each bad file and chunk when anything is missing,
+    /// truncated or corrupt.
+    Verify {
+        job: String,
+        /// The set to verify; the newest complete one when omitted.
+        set: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Commit a set directory of the cache (<cache>/<job>/<set>) written by
+    /// other means: every file is checksummed and synced, then the manifest
+    /// is written, and the set becomes complete.
+    Commit {
+        dir: PathBuf,
+        /// Commit even if the set's writer ended without committing it.
+        #[arg(long)]
+        force: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy files and directories into a new set through the I/O engine and
+    /// commit it.
+    ///
+    /// A file lands under its own name; a directory keeps its name and
+    /// tree. Set names default to the current UTC time (sortable).
+    Put {
+        job: String,
+        /// Files or directories to copy.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Name of the new set.
+        #[arg(long)]
+        set: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete one set (any state but writing).
+    Rm { job: String, set: String },
+    /// Apply retention: keep the newest N complete sets per job (--keep or
+    /// store.keep) and remove abandoned sets.
+    Prune {
+        /// Only this job; every job when omitted.
+        job: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show the cache, the I/O path in use, and the sets per job.
+    Status {
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the configuration in force, as a TOML file.
+    Config,
+}

@@ -1,0 +1,31 @@
+//! Exit statuses, as documented in `ckptfs --help`.
+
+use std::process::ExitCode;
+
+use libckpt::store::StoreError;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exit {
+    Ok = 0,
+    Error = 1,
+    NotFound = 3,
+    VerifyFailed = 4,
+}
+
+impl Exit {
+    /// Map an error to its status: "not found" and "corrupt" are told apart
+    /// so scripts can fall back to an older set or another tier.
+    pub fn from_error(e: &anyhow::Error) -> Exit {
+        match e.downcast_ref::<StoreError>() {
+            Some(se) if se.is_not_found() => Exit::NotFound,
+            Some(StoreError::Manifest { .. }) => Exit::VerifyFailed,
+            _ => Exit::Error,
+        }
+    }
+}
+
+impl From<Exit> for ExitCode {
+    fn from(e: Exit) -> ExitCode {
+        ExitCode::from(e as u8)
+    }
+}

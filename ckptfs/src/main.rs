@@ -1,0 +1,36 @@
+//! `ckptfs`: thin shell over libckpt. Parses flags, loads the configuration,
+//! runs one command, and maps its outcome to an exit status.
+
+mod args;
+mod commands;
+mod exit;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    init_logging(cli.global.verbose);
+    match commands::run(cli) {
+        Ok(code) => code.into(),
+        Err(e) => {
+            eprintln!("ckptfs: {e:#}");
+            exit::Exit::from_error(&e).into()
+        }
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

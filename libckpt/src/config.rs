@@ -1,0 +1,402 @@
+//! Configuration: one TOML file, every key also settable by a flag, and
+//! defaults such that no file is needed at all.
+//!
+//! Where the file comes from: `--config FILE`, else `$CKPTFS_CONFIG`, else
+//! `/etc/ckptfs.toml` if it exists, else the built-in defaults. Unknown keys
+//! and bad values are errors that name the key and the file (or the flag).
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use bytesize::ByteSize;
+use serde::{Deserialize, Serialize};
+
+use crate::chunk::{DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE};
+use crate::io::{EngineKind, IoOptions};
+use crate::store::StoreOptions;
+
+/// The system-wide config file, read when no other is named.
+pub const SYSTEM_CONFIG: &str = "/etc/ckptfs.toml";
+/// Environment variable naming a config file.
+pub const CONFIG_ENV: &str = "CKPTFS_CONFIG";
+/// The default cache directory.
+pub const DEFAULT_CACHE: &str = "/var/tmp/ckptfs";
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("{origin}: {key}: {message}")]
+    Value {
+        /// The file, or the flag, the value came from.
+        origin: String,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// The whole configuration. Later issues add tables (`[drain]`, `[pfs]`…).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Node-local cache directory (tier 0).
+    pub cache: PathBuf,
+    pub store: StoreConfig,
+    pub io: IoConfig,
+}
+
+/// `[store]`: how sets are checksummed and kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    /// crc32c granularity: a power of two from 4 KiB to 1 GiB.
+    pub chunk_size: ByteSize,
+    /// Complete sets kept per job in the cache; 0 keeps all.
+    pub keep: usize,
+}
+
+/// `[io]`: the I/O engine.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IoConfig {
+    /// `auto` (io_uring if the kernel allows it), `uring` or `fallback`.
+    pub engine: EngineKind,
+    /// I/Os in flight per file on the io_uring path (1–256).
+    pub queue_depth: u32,
+    /// Size of each registered buffer: a multiple of 4 KiB up to 64 MiB.
+    pub buffer_size: ByteSize,
+    /// Use O_DIRECT where size and alignment allow.
+    pub direct: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cache: PathBuf::from(DEFAULT_CACHE),
+            store: StoreConfig::default(),
+            io: IoConfig::default(),
+        }
+    }
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        let d = StoreOptions::default();
+        Self {
+            chunk_size: ByteSize::b(d.chunk_size),
+            keep: d.keep,
+        }
+    }
+}
+
+impl Default for IoConfig {
+    fn default() -> Self {
+        let d = IoOptions::default();
+        Self {
+            engine: d.kind,
+            queue_depth: d.queue_depth,
+            buffer_size: ByteSize::b(d.buffer_size as u64),
+            direct: d.direct,
+        }
+    }
+}
+
+/// Values given as flags; `None` leaves the file's (or default) value.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub cache: Option<PathBuf>,
+    pub chunk_size: Option<ByteSize>,
+    pub keep: Option<usize>,
+    pub io_engine: Option<EngineKind>,
+    pub io_queue_depth: Option<u32>,
+    pub io_buffer_size: Option<ByteSize>,
+    pub io_direct: Option<bool>,
+}
+
+/// Where the configuration in force came from, for `status` and errors.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Defaults,
+    File(PathBuf),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Defaults => f.write_str("built-in defaults"),
+            Source::File(p) => write!(f, "{}", p.display()),
+        }
+    }
+}
+
+impl Config {
+    /// Pick the config file (`explicit`, else `$CKPTFS_CONFIG`, else
+    /// `/etc/ckptfs.toml` when present) and load it.
+    pub fn discover(explicit: Option<&Path>) -> Result<(Config, Source), ConfigError> {
+        let named = explicit
+            .map(Path::to_owned)
+            .or_else(|| std::env::var_os(CONFIG_ENV).map(PathBuf::from));
+        match named {
+            Some(p) => Ok((Config::from_file(&p)?, Source::File(p))),
+            None if Path::new(SYSTEM_CONFIG).exists() => {
+                let p = PathBuf::from(SYSTEM_CONFIG);
+                Ok((Config::from_file(&p)?, Source::File(p)))
+            }
+            None => Ok((Config::default(), Source::Defaults)),
+        }
+    }
+
+    /// Load and check one file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::from_toml(&text, &path.display().to_string()).map_err(|e| match e {
+            ConfigError::Parse { message, .. } => ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parse and check TOML text; `origin` names it in errors.
+    pub fn from_toml(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: PathBuf::from(origin),
+            message: e.to_string().trim_end().to_owned(),
+        })?;
+        if !cfg.cache.is_absolute() {
+            return Err(ConfigError::Value {
+                origin: origin.to_owned(),
+                key: "cache",
+                message: format!("{} is not an absolute path", cfg.cache.display()),
+            });
+        }
+        cfg.check(|key| (origin.to_owned(), key))?;
+        Ok(cfg)
+    }
+
+    /// Apply flags on top. A bad flag value is an error naming the flag.
+    pub fn apply(mut self, o: &Overrides) -> Result<Config, ConfigError> {
+        if let Some(c) = &o.cache {
+            self.cache = std::path::absolute(c).unwrap_or_else(|_| c.clone());
+        }
+        if let Some(v) = o.chunk_size {
+            self.store.chunk_size = v;
+        }
+        if let Some(v) = o.keep {
+            self.store.keep = v;
+        }
+        if let Some(v) = o.io_engine {
+            self.io.engine = v;
+        }
+        if let Some(v) = o.io_queue_depth {
+            self.io.queue_depth = v;
+        }
+        if let Some(v) = o.io_buffer_size {
+            self.io.buffer_size = v;
+        }
+        if let Some(v) = o.io_direct {
+            self.io.direct = v;
+        }
+        self.check(|key| (format!("--{}", flag_of(key)), key))?;
+        Ok(self)
+    }
+
+    /// Semantic checks; `origin` maps a key to (where it came from, key).
+    fn check(
+        &self,
+        origin: impl Fn(&'static str) -> (String, &'static str),
+    ) -> Result<(), ConfigError> {
+        let fail = |key, message: String| {
+            let (origin, key) = origin(key);
+            Err(ConfigError::Value {
+                origin,
+                key,
+                message,
+            })
+        };
+        let cs = self.store.chunk_size.as_u64();
+        if !cs.is_power_of_two() || !(MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE).contains(&cs) {
+            return fail(
+                "store.chunk_size",
+                format!(
+                    "{} is not a power of two between {} and {}",
+                    self.store.chunk_size,
+                    ByteSize::b(MIN_CHUNK_SIZE),
+                    ByteSize::b(MAX_CHUNK_SIZE)
+                ),
+            );
+        }
+        if !(1..=256).contains(&self.io.queue_depth) {
+            return fail(
+                "io.queue_depth",
+                format!("{} is outside 1..=256", self.io.queue_depth),
+            );
+        }
+        let bs = self.io.buffer_size.as_u64();
+        if !bs.is_multiple_of(4096) || !(4096..=64 << 20).contains(&bs) {
+            return fail(
+                "io.buffer_size",
+                format!(
+                    "{} is not a multiple of 4 KiB between 4 KiB and 64 MiB",
+                    self.io.buffer_size
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    pub fn io_options(&self) -> IoOptions {
+        IoOptions {
+            kind: self.io.engine,
+            queue_depth: self.io.queue_depth,
+            buffer_size: self.io.buffer_size.as_u64() as usize,
+            direct: self.io.direct,
+        }
+    }
+
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            chunk_size: self.store.chunk_size.as_u64(),
+            keep: self.store.keep,
+        }
+    }
+
+    /// The configuration as a TOML file (for `ckptfs config`).
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+}
+
+/// The flag that sets `key`: `store.chunk_size` → `chunk-size`,
+/// `io.queue_depth` → `io-queue-depth`.
+pub fn flag_of(key: &str) -> String {
+    key.trim_start_matches("store.").replace(['.', '_'], "-")
+}
+
+// Keep the default in one place: the chunk module's constant.
+const _: () = assert!(DEFAULT_CHUNK_SIZE == 1 << 20);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = Config::from_toml("", "t.toml").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.cache, PathBuf::from("/var/tmp/ckptfs"));
+        assert_eq!(c.store.chunk_size.as_u64(), 1 << 20);
+        assert_eq!(c.store.keep, 3);
+        assert_eq!(c.io.engine, EngineKind::Auto);
+    }
+
+    #[test]
+    fn full_file() {
+        let c = Config::from_toml(
+            r#"
+cache = "/scratch/ckpt"
+[store]
+chunk_size = "4 MiB"
+keep = 5
+[io]
+engine = "fallback"
+queue_depth = 16
+buffer_size = 2097152
+direct = false
+"#,
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.cache, PathBuf::from("/scratch/ckpt"));
+        assert_eq!(c.store.chunk_size.as_u64(), 4 << 20);
+        assert_eq!(c.store.keep, 5);
+        assert_eq!(c.io.engine, EngineKind::Fallback);
+        assert_eq!(c.io.queue_depth, 16);
+        assert_eq!(c.io.buffer_size.as_u64(), 2 << 20);
+        assert!(!c.io.direct);
+        // Round trip through the printed form.
+        assert_eq!(Config::from_toml(&c.to_toml(), "again").unwrap(), c);
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_file() {
+        let e = Config::from_toml("[store]\nkepe = 3\n", "/etc/x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/etc/x.toml") && e.contains("kepe"), "{e}");
+        let e = Config::from_toml("bogus = 1\n", "/etc/x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bogus"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_key_and_file() {
+        let cases = [
+            ("[store]\nchunk_size = \"3 KiB\"\n", "store.chunk_size"),
+            ("[store]\nchunk_size = \"2 GiB\"\n", "store.chunk_size"),
+            ("[io]\nqueue_depth = 0\n", "io.queue_depth"),
+            ("[io]\nbuffer_size = 1000\n", "io.buffer_size"),
+            ("cache = \"relative/dir\"\n", "cache"),
+        ];
+        for (text, key) in cases {
+            let e = Config::from_toml(text, "/etc/x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("/etc/x.toml") && e.contains(key), "{text}: {e}");
+        }
+        for text in [
+            "[io]\nengine = \"turbo\"\n",
+            "[store]\nkeep = -1\n",
+            "[io]\ndirect = \"yes\"\n",
+            "cache = [",
+        ] {
+            let e = Config::from_toml(text, "/etc/x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("/etc/x.toml"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn flags_override_and_are_checked() {
+        let c = Config::default()
+            .apply(&Overrides {
+                keep: Some(7),
+                io_engine: Some(EngineKind::Uring),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(c.store.keep, 7);
+        assert_eq!(c.io.engine, EngineKind::Uring);
+        let e = Config::default()
+            .apply(&Overrides {
+                chunk_size: Some(ByteSize::b(5000)),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--chunk-size"), "{e}");
+        assert_eq!(flag_of("io.queue_depth"), "io-queue-depth");
+    }
+
+    #[test]
+    fn missing_named_file_is_an_error() {
+        let e = Config::discover(Some(Path::new("/nonexistent/ckptfs.toml")))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/ckptfs.toml"), "{e}");
+    }
+}

@@ -1,0 +1,141 @@
+//! Crash-safe file updates: temp file, fsync, rename, fsync of the directory.
+//!
+//! A reader (or a restarted daemon) sees either the old state or the new one,
+//! never a half-written file, whatever instant the writer is killed at.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// An I/O failure with the path and the operation it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct PathError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+impl PathError {
+    pub fn new(op: &'static str, path: &Path, source: io::Error) -> Self {
+        Self {
+            op,
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Result-extension that attaches the operation and path to an `io::Error`.
+pub trait IoContext<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T, PathError>;
+}
+
+impl<T> IoContext<T> for io::Result<T> {
+    fn at(self, op: &'static str, path: &Path) -> Result<T, PathError> {
+        self.map_err(|e| PathError::new(op, path, e))
+    }
+}
+
+/// The temp name `path` is staged under before the rename.
+pub fn temp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
+}
+
+/// Replace `path` with `bytes` atomically and durably (mode `mode`).
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), PathError> {
+    let tmp = temp_path(path);
+    let result = (|| {
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+            .at("creating", &tmp)?;
+        f.write_all(bytes).at("writing", &tmp)?;
+        f.sync_all().at("syncing", &tmp)?;
+        fs::rename(&tmp, path).at("renaming into place", path)?;
+        sync_parent(path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// fsync a directory, making the entries created or renamed in it durable.
+pub fn sync_dir(dir: &Path) -> Result<(), PathError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .at("syncing directory", dir)
+}
+
+/// fsync the directory holding `path`.
+pub fn sync_parent(path: &Path) -> Result<(), PathError> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => sync_dir(p),
+        _ => sync_dir(Path::new(".")),
+    }
+}
+
+/// Create `dir` and any missing parents with `mode`, syncing each parent
+/// whose entry list changed so the new directories survive a crash.
+pub fn create_dir_all_durable(dir: &Path, mode: u32) -> Result<(), PathError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        if !parent.as_os_str().is_empty() {
+            create_dir_all_durable(parent, mode)?;
+        }
+    }
+    match fs::DirBuilder::new().mode(mode).create(dir) {
+        Ok(()) => sync_parent(dir),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => Ok(()),
+        Err(e) => Err(PathError::new("creating directory", dir, e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn atomic_replace() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("m.json");
+        write_atomic(&p, b"one", 0o600).unwrap();
+        write_atomic(&p, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&p).unwrap(), b"two");
+        let names: Vec<_> = fs::read_dir(d.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "temp file left behind");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            fs::metadata(&p).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn errors_name_the_path() {
+        let e = write_atomic(Path::new("/nonexistent-dir/x"), b"", 0o600).unwrap_err();
+        assert!(e.to_string().contains("/nonexistent-dir/"), "{e}");
+    }
+
+    #[test]
+    fn nested_dirs() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a/b/c");
+        create_dir_all_durable(&p, 0o700).unwrap();
+        create_dir_all_durable(&p, 0o700).unwrap();
+        assert!(p.is_dir());
+    }
+}

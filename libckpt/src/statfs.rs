@@ -1,0 +1,46 @@
+//! Size and free space of the filesystem under a path: what `status`
+//! reports for the cache, and (later) what eviction watermarks compare with.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use serde::Serialize;
+
+/// Bytes of one filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Space {
+    pub total: u64,
+    /// Available to unprivileged writers (`f_bavail`).
+    pub free: u64,
+}
+
+/// statvfs(2) of the filesystem holding `path`.
+pub fn space(path: &Path) -> io::Result<Space> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    let mut st = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `c` is a NUL-terminated path and `st` is writable memory of
+    // the type statvfs fills in.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), st.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statvfs returned 0, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Ok(Space {
+        total: st.f_blocks * st.f_frsize,
+        free: st.f_bavail * st.f_frsize,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn root_has_space() {
+        let s = super::space(std::path::Path::new("/")).unwrap();
+        assert!(s.total > 0 && s.free <= s.total);
+        assert!(super::space(std::path::Path::new("/nonexistent/x")).is_err());
+    }
+}
