@@ -88,6 +88,7 @@ impl Global {
             io_queue_depth: self.io_queue_depth,
             io_buffer_size: self.io_buffer_size,
             io_direct: self.io_direct,
+            ..Overrides::default()
         }
     }
 }
@@ -129,9 +130,11 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Commit a set directory of the cache (<cache>/<job>/<set>) written by
-    /// other means: every file is checksummed and synced, then the manifest
-    /// is written, and the set becomes complete.
+    /// Commit a set: a directory of a ckptfs mount (MOUNTPOINT/<job>/<set>,
+    /// committed by its daemon once every file is closed and sealed), or a
+    /// set directory of the cache (<cache>/<job>/<set>) written by other
+    /// means (every file is checksummed and synced). The manifest is
+    /// written last; then the set is complete.
     Commit {
         dir: PathBuf,
         /// Commit even if the set's writer ended without committing it.
@@ -169,12 +172,58 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Show the cache, the I/O path in use, and the sets per job.
+    /// Mount the checkpoint filesystem at MOUNTPOINT (e.g. /ckpt).
+    ///
+    /// Applications write checkpoints as plain files under
+    /// MOUNTPOINT/<job>/<set>/; the bytes land in the cache at local-disk
+    /// speed. `mkdir MOUNTPOINT/JOB/SET` starts a set; `ckptfs commit
+    /// MOUNTPOINT/JOB/SET` (or `setfattr -n user.ckptfs.commit -v 1 DIR`)
+    /// makes it complete. Runs in the background and returns once the mount
+    /// is live, unless --foreground. A stale mount left by a killed daemon
+    /// is recovered.
+    Mount {
+        mountpoint: PathBuf,
+        /// Stay in the foreground, logging to stderr (for systemd and tests).
+        #[arg(long)]
+        foreground: bool,
+        /// Serve reads and writes through the daemon instead of kernel
+        /// passthrough [config: mount.passthrough = false].
+        #[arg(long)]
+        no_passthrough: bool,
+        /// Threads answering FUSE requests [config: mount.threads; default 4].
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        /// Commit JOB's sets once all their files have been closed for
+        /// DURATION (JOB may be "*"); repeatable [config: mount.idle_commit].
+        #[arg(long, value_name = "JOB=DURATION", value_parser = parse_idle)]
+        idle_commit: Vec<(String, String)>,
+    },
+    /// Unmount a ckptfs mount. Refused while files are open for writing
+    /// (their sets would be left incomplete) unless --force.
+    Umount {
+        mountpoint: PathBuf,
+        /// Unmount even with files open: their sets become abandoned.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show the cache, the I/O path in use, and the sets per job; with
+    /// MOUNTPOINT, the mount's daemon: data path (passthrough or fallback),
+    /// live sets, open files, version and uptime.
     Status {
+        /// A ckptfs mount point to ask.
+        mountpoint: Option<PathBuf>,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Print the configuration in force, as a TOML file.
     Config,
+}
+
+fn parse_idle(s: &str) -> Result<(String, String), String> {
+    let (job, t) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not JOB=DURATION"))?;
+    humantime::parse_duration(t).map_err(|e| format!("{t:?}: {e}"))?;
+    Ok((job.to_owned(), t.to_owned()))
 }

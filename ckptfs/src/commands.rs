@@ -9,6 +9,7 @@ use anyhow::{bail, Context, Result};
 use bytesize::ByteSize;
 use libckpt::config::{Config, Source};
 use libckpt::io::IoEngine;
+use libckpt::manifest::Manifest;
 use libckpt::path::{JobName, RelPath, SetName};
 use libckpt::set::{SetInfo, SetState};
 use libckpt::store::Store;
@@ -43,6 +44,29 @@ pub fn run(cli: Cli) -> Result<Exit> {
         Command::Latest { job, path, json } => latest(&ctx, &job, path, json),
         Command::Verify { job, set, json } => verify(&ctx, &job, set.as_deref(), json),
         Command::Commit { dir, force, json } => commit(&ctx, &dir, force, json),
+        Command::Mount {
+            mountpoint,
+            foreground,
+            no_passthrough,
+            threads,
+            idle_commit,
+        } => {
+            let mut config = ctx.config.clone();
+            if no_passthrough {
+                config.mount.passthrough = false;
+            }
+            let config = config.apply(&libckpt::config::Overrides {
+                mount_threads: threads,
+                mount_idle_commit: idle_commit,
+                ..Default::default()
+            })?;
+            crate::mount_cmd::mount(&config, &mountpoint, foreground)
+        }
+        Command::Umount { mountpoint, force } => crate::mount_cmd::umount(&mountpoint, force),
+        Command::Status {
+            mountpoint: Some(mp),
+            json,
+        } => crate::mount_cmd::status(&mp, json),
         Command::Put {
             job,
             paths,
@@ -51,7 +75,10 @@ pub fn run(cli: Cli) -> Result<Exit> {
         } => put(&ctx, &job, &paths, set.as_deref(), json),
         Command::Rm { job, set } => rm(&ctx, &job, &set),
         Command::Prune { job, json } => prune(&ctx, job.as_deref(), json),
-        Command::Status { json } => status(&ctx, json),
+        Command::Status {
+            mountpoint: None,
+            json,
+        } => status(&ctx, json),
         Command::Config => {
             print!("{}", ctx.config.to_toml());
             Ok(Exit::Ok)
@@ -106,11 +133,14 @@ fn ls(ctx: &Ctx, job: Option<&str>, json: bool) -> Result<Exit> {
         print_json(&sets)?;
     } else if sets.is_empty() {
         eprintln!("no sets for job {job} in {}", store.root().display());
-        return Ok(Exit::NotFound);
     } else {
         print_sets(&sets);
     }
-    Ok(Exit::Ok)
+    Ok(if sets.is_empty() {
+        Exit::NotFound
+    } else {
+        Exit::Ok
+    })
 }
 
 fn print_sets(sets: &[SetInfo]) {
@@ -206,8 +236,26 @@ fn verify(ctx: &Ctx, job: &str, set: Option<&str>, json: bool) -> Result<Exit> {
 }
 
 fn commit(ctx: &Ctx, dir: &Path, force: bool, json: bool) -> Result<Exit> {
+    if let Some(v) = crate::mount_cmd::commit_in_mount(dir)? {
+        if json {
+            print_json(&v)?;
+        } else {
+            println!(
+                "{}/{}: committed ({} files, {})",
+                v["job"].as_str().unwrap_or("?"),
+                v["set"].as_str().unwrap_or("?"),
+                v["files"],
+                ByteSize::b(v["bytes"].as_u64().unwrap_or(0))
+            );
+        }
+        return Ok(Exit::Ok);
+    }
     let store = ctx.store()?;
     let m = store.commit_dir(dir, force)?;
+    print_committed(&store, &m, json)
+}
+
+fn print_committed(store: &Store, m: &Manifest, json: bool) -> Result<Exit> {
     if json {
         print_json(&json!({"job": m.job, "set": m.set, "files": m.files.len(),
                            "bytes": m.total_bytes, "path": store.set_dir(&m.job, &m.set)}))?;
@@ -280,19 +328,7 @@ fn put(ctx: &Ctx, job: &str, paths: &[PathBuf], set: Option<&str>, json: bool) -
         tracing::info!(file = %rel, bytes = d.size, "written");
     }
     let m = writer.commit()?;
-    if json {
-        print_json(&json!({"job": m.job, "set": m.set, "files": m.files.len(),
-                           "bytes": m.total_bytes, "path": store.set_dir(&m.job, &m.set)}))?;
-    } else {
-        println!(
-            "{}/{}: committed ({} files, {})",
-            m.job,
-            m.set,
-            m.files.len(),
-            ByteSize::b(m.total_bytes)
-        );
-    }
-    Ok(Exit::Ok)
+    print_committed(&store, &m, json)
 }
 
 fn rm(ctx: &Ctx, job: &str, set: &str) -> Result<Exit> {

@@ -3,7 +3,12 @@
 
 mod args;
 mod commands;
+mod daemon;
+mod daemonize;
 mod exit;
+mod fuse;
+mod mount_cmd;
+mod mountpoint;
 
 use std::process::ExitCode;
 
@@ -32,5 +37,6 @@ fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }

@@ -5,6 +5,7 @@
 //! `/etc/ckptfs.toml` if it exists, else the built-in defaults. Unknown keys
 //! and bad values are errors that name the key and the file (or the flag).
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,31 @@ pub struct Config {
     pub cache: PathBuf,
     pub store: StoreConfig,
     pub io: IoConfig,
+    pub mount: MountConfig,
+}
+
+/// `[mount]`: the FUSE filesystem at /ckpt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MountConfig {
+    /// Hand regular files to the kernel (FUSE passthrough) where it allows.
+    pub passthrough: bool,
+    /// Threads answering FUSE requests (1–64).
+    pub threads: usize,
+    /// Commit a job's sets once all their files have been closed for this
+    /// long: `{ job = "30s" }`, `"*"` for every job. For applications that
+    /// cannot call `ckptfs commit`. Off unless set.
+    pub idle_commit: BTreeMap<String, String>,
+}
+
+impl Default for MountConfig {
+    fn default() -> Self {
+        Self {
+            passthrough: true,
+            threads: 4,
+            idle_commit: BTreeMap::new(),
+        }
+    }
 }
 
 /// `[store]`: how sets are checksummed and kept.
@@ -83,6 +109,7 @@ impl Default for Config {
             cache: PathBuf::from(DEFAULT_CACHE),
             store: StoreConfig::default(),
             io: IoConfig::default(),
+            mount: MountConfig::default(),
         }
     }
 }
@@ -119,6 +146,10 @@ pub struct Overrides {
     pub io_queue_depth: Option<u32>,
     pub io_buffer_size: Option<ByteSize>,
     pub io_direct: Option<bool>,
+    pub mount_passthrough: Option<bool>,
+    pub mount_threads: Option<usize>,
+    /// `JOB=DURATION` pairs, added to (or replacing) the file's.
+    pub mount_idle_commit: Vec<(String, String)>,
 }
 
 /// Where the configuration in force came from, for `status` and errors.
@@ -209,6 +240,15 @@ impl Config {
         if let Some(v) = o.io_direct {
             self.io.direct = v;
         }
+        if let Some(v) = o.mount_passthrough {
+            self.mount.passthrough = v;
+        }
+        if let Some(v) = o.mount_threads {
+            self.mount.threads = v;
+        }
+        for (job, t) in &o.mount_idle_commit {
+            self.mount.idle_commit.insert(job.clone(), t.clone());
+        }
         self.check(|key| (format!("--{}", flag_of(key)), key))?;
         Ok(self)
     }
@@ -254,7 +294,36 @@ impl Config {
                 ),
             );
         }
+        if !(1..=64).contains(&self.mount.threads) {
+            return fail(
+                "mount.threads",
+                format!("{} is outside 1..=64", self.mount.threads),
+            );
+        }
+        for (job, t) in &self.mount.idle_commit {
+            if job != "*" && crate::path::JobName::new(job.as_str()).is_err() {
+                return fail(
+                    "mount.idle_commit",
+                    format!("{job:?} is neither a job name nor \"*\""),
+                );
+            }
+            if humantime::parse_duration(t).is_err() {
+                return fail(
+                    "mount.idle_commit",
+                    format!("{job} = {t:?} is not a duration (e.g. \"30s\", \"5m\")"),
+                );
+            }
+        }
         Ok(())
+    }
+
+    /// The idle-commit rules, parsed (checked at load).
+    pub fn idle_rules(&self) -> BTreeMap<String, std::time::Duration> {
+        self.mount
+            .idle_commit
+            .iter()
+            .filter_map(|(j, t)| Some((j.clone(), humantime::parse_duration(t).ok()?)))
+            .collect()
     }
 
     pub fn io_options(&self) -> IoOptions {
@@ -282,7 +351,9 @@ impl Config {
 /// The flag that sets `key`: `store.chunk_size` → `chunk-size`,
 /// `io.queue_depth` → `io-queue-depth`.
 pub fn flag_of(key: &str) -> String {
-    key.trim_start_matches("store.").replace(['.', '_'], "-")
+    key.trim_start_matches("store.")
+        .trim_start_matches("mount.")
+        .replace(['.', '_'], "-")
 }
 
 // Keep the default in one place: the chunk module's constant.
@@ -390,6 +461,27 @@ direct = false
             .to_string();
         assert!(e.contains("--chunk-size"), "{e}");
         assert_eq!(flag_of("io.queue_depth"), "io-queue-depth");
+    }
+
+    #[test]
+    fn mount_table() {
+        let c = Config::from_toml(
+            "[mount]\npassthrough = false\nthreads = 2\n[mount.idle_commit]\nlegacy = \"30s\"\n\"*\" = \"5m\"\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert!(!c.mount.passthrough);
+        let rules = c.idle_rules();
+        assert_eq!(rules["legacy"], std::time::Duration::from_secs(30));
+        assert_eq!(rules["*"], std::time::Duration::from_secs(300));
+        let e = Config::from_toml("[mount.idle_commit]\nj = \"soon\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mount.idle_commit") && e.contains("soon"), "{e}");
+        let e = Config::from_toml("[mount]\nthreads = 0\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mount.threads"), "{e}");
     }
 
     #[test]

@@ -24,8 +24,10 @@
 
 pub mod chunk;
 pub mod config;
+pub mod control;
 pub mod durable;
 pub mod io;
+pub mod live;
 pub mod manifest;
 pub mod path;
 pub mod retention;

@@ -14,6 +14,14 @@ pub struct Space {
     pub total: u64,
     /// Available to unprivileged writers (`f_bavail`).
     pub free: u64,
+    /// The raw statvfs figures, for a filesystem that re-exports them.
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_avail: u64,
+    pub files: u64,
+    pub files_free: u64,
+    pub block_size: u32,
+    pub fragment_size: u32,
 }
 
 /// statvfs(2) of the filesystem holding `path`.
@@ -32,6 +40,13 @@ pub fn space(path: &Path) -> io::Result<Space> {
     Ok(Space {
         total: st.f_blocks * st.f_frsize,
         free: st.f_bavail * st.f_frsize,
+        blocks: st.f_blocks,
+        blocks_free: st.f_bfree,
+        blocks_avail: st.f_bavail,
+        files: st.f_files,
+        files_free: st.f_ffree,
+        block_size: st.f_bsize as u32,
+        fragment_size: st.f_frsize as u32,
     })
 }
 

@@ -828,13 +828,39 @@ impl SetWriter {
     /// are synced and its crc32c per chunk fixed.
     pub fn seal(&mut self, rel: &RelPath) -> Result<FileDigest> {
         let path = rel.under(&self.dir);
-        let digest = self
-            .store
-            .engine()
-            .digest_file(&path, self.store.inner.opts.chunk_size)?;
-        sync_file(&path)?;
-        self.record_seal(rel, &path, digest.clone())?;
+        let (digest, mtime) =
+            seal_file(self.store.engine(), &path, self.store.inner.opts.chunk_size)?;
+        self.add_seal(rel, digest.clone(), mtime);
         Ok(digest)
+    }
+
+    /// Record a seal computed elsewhere (e.g. in the background from the
+    /// page cache). `mtime` must be the file's modification time read
+    /// *before* the digest was computed: if the file changed since, commit
+    /// sees a different mtime and checksums it again.
+    pub fn add_seal(&mut self, rel: &RelPath, digest: FileDigest, mtime: Option<SystemTime>) {
+        self.seals.insert(rel.clone(), Seal { digest, mtime });
+    }
+
+    /// Forget a file's seal (it was removed or renamed).
+    pub fn drop_seal(&mut self, rel: &RelPath) -> Option<FileDigest> {
+        self.seals.remove(rel).map(|s| s.digest)
+    }
+
+    /// Move a seal with its file.
+    pub fn rename_seal(&mut self, from: &RelPath, to: &RelPath) {
+        if let Some(s) = self.seals.remove(from) {
+            self.seals.insert(to.clone(), s);
+        }
+    }
+
+    /// The seal of `rel`, if it is sealed and unchanged since.
+    pub fn sealed(&self, rel: &RelPath) -> Option<&FileDigest> {
+        let md = fs::metadata(rel.under(&self.dir)).ok()?;
+        self.seals
+            .get(rel)
+            .filter(|s| s.matches(&md))
+            .map(|s| &s.digest)
     }
 
     fn record_seal(&mut self, rel: &RelPath, path: &Path, digest: FileDigest) -> Result<()> {
@@ -909,6 +935,19 @@ fn tally(dir: &Path) -> (u64, u64) {
         .filter(|e| e.file_type().is_file())
         .filter_map(|e| e.metadata().ok())
         .fold((0, 0), |(n, b), md| (n + 1, b + md.len()))
+}
+
+/// Checksum and sync one file, returning its digest and the mtime it had
+/// before it was read (see [`SetWriter::add_seal`]).
+pub fn seal_file(
+    engine: &IoEngine,
+    path: &Path,
+    chunk_size: u64,
+) -> Result<(FileDigest, Option<SystemTime>)> {
+    let mtime = fs::metadata(path).at("reading", path)?.modified().ok();
+    let digest = engine.digest_file(path, chunk_size)?;
+    sync_file(path)?;
+    Ok((digest, mtime))
 }
 
 fn sync_file(path: &Path) -> Result<(), PathError> {

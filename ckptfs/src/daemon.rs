@@ -1,0 +1,321 @@
+//! The mount daemon: mounts `/ckpt`, answers the control socket, commits
+//! idle sets, and unmounts cleanly on SIGTERM or `ckptfs umount`.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{bail, Context, Result};
+use libckpt::config::Config;
+use libckpt::control::{self, Failure, FailureKind, Handler, Request};
+use libckpt::io::{IoEngine, IoOptions};
+use libckpt::live::{LiveError, LiveSets};
+use libckpt::store::Store;
+use serde_json::{json, Value};
+
+use crate::daemonize::Readiness;
+use crate::fuse::{CkptFs, Counters, Shared};
+use crate::mountpoint;
+
+/// What `ckptfs mount` was asked for.
+pub struct MountRequest {
+    pub mountpoint: PathBuf,
+}
+
+struct Daemon {
+    shared: Arc<Shared>,
+    engine: Arc<IoEngine>,
+    mountpoint: PathBuf,
+    started: SystemTime,
+    started_at: Instant,
+}
+
+impl Daemon {
+    /// Unmount; the session loop then ends and the process exits. A busy
+    /// mount (a shell's working directory inside it) is detached: the
+    /// kernel keeps it for its users until they leave.
+    fn unmount(&self) {
+        let mp = &self.mountpoint;
+        if let Err(e) = crate::fuse::mount::unmount(mp) {
+            tracing::info!(mountpoint = %mp.display(), error = %e, "unmount refused; detaching");
+            if let Err(e) = mountpoint::detach(mp) {
+                tracing::warn!(mountpoint = %mp.display(), error = %e, "detach failed");
+            }
+        }
+    }
+
+    fn status(&self) -> Value {
+        let live = &self.shared.live;
+        let store = live.store();
+        let mut jobs = Vec::new();
+        if let Ok(names) = store.jobs() {
+            for job in names {
+                let sets = store.sets(&job).unwrap_or_default();
+                let sets: Vec<Value> = sets
+                    .iter()
+                    .map(|s| {
+                        let state = live
+                            .state(&s.job, &s.set)
+                            .map(|st| st.label().to_owned())
+                            .unwrap_or_else(|_| s.state.label().to_owned());
+                        json!({"set": s.set, "state": state, "bytes": s.bytes, "files": s.files,
+                               "created": humantime::format_rfc3339_seconds(s.created).to_string()})
+                    })
+                    .collect();
+                jobs.push(json!({"job": job, "sets": sets}));
+            }
+        }
+        let space = libckpt::statfs::space(store.root()).ok();
+        let c: &Counters = &self.shared.counters;
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "pid": std::process::id(),
+            "started": humantime::format_rfc3339_seconds(self.started).to_string(),
+            "uptime_seconds": self.started_at.elapsed().as_secs(),
+            "mountpoint": self.mountpoint,
+            "cache": store.root(),
+            "cache_fs_total_bytes": space.map(|s| s.total),
+            "cache_fs_free_bytes": space.map(|s| s.free),
+            "data_path": self.shared.data_path(),
+            "io": {"path": self.engine.path(), "fallback_reason": self.engine.fallback_reason()},
+            "open_files": live.open_files(),
+            "live_sets": live.summary(),
+            "jobs": jobs,
+            "counters": {
+                "passthrough_opens": c.passthrough_opens.load(Ordering::Relaxed),
+                "fallback_opens": c.fallback_opens.load(Ordering::Relaxed),
+                "fallback_bytes_written": c.fallback_bytes_written.load(Ordering::Relaxed),
+                "fallback_bytes_read": c.fallback_bytes_read.load(Ordering::Relaxed),
+            },
+        })
+    }
+}
+
+fn failure(e: &LiveError) -> Failure {
+    let kind = match e {
+        LiveError::FilesOpen { .. } => FailureKind::Busy,
+        LiveError::NoSuchSet { .. } => FailureKind::NotFound,
+        LiveError::ReadOnly { .. } => FailureKind::Refused,
+        LiveError::Store(s) if s.is_not_found() => FailureKind::NotFound,
+        LiveError::Store(libckpt::store::StoreError::AlreadyComplete { .. }) => {
+            FailureKind::Refused
+        }
+        LiveError::Store(_) => FailureKind::Io,
+    };
+    Failure {
+        kind,
+        message: e.to_string(),
+    }
+}
+
+impl Handler for Daemon {
+    fn handle(&self, req: Request) -> Result<Value, Failure> {
+        match req {
+            Request::Status => Ok(self.status()),
+            Request::Commit { job, set } => {
+                let m = self
+                    .shared
+                    .live
+                    .commit(&job, &set)
+                    .map_err(|e| failure(&e))?;
+                tracing::info!(job = %job, set = %set, files = m.files.len(), bytes = m.total_bytes, "committed");
+                Ok(json!({"job": m.job, "set": m.set, "files": m.files.len(),
+                          "bytes": m.total_bytes}))
+            }
+            Request::Unmount { force } => {
+                let open = self.shared.live.open_files();
+                if !open.is_empty() && !force {
+                    return Err(Failure {
+                        kind: FailureKind::Busy,
+                        message: format!(
+                            "{} file(s) open for writing: {} (their sets would be left \
+                             incomplete; use --force to unmount anyway)",
+                            open.len(),
+                            open.join(", ")
+                        ),
+                    });
+                }
+                // Answer first: the unmount ends this process.
+                let mp = self.mountpoint.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if let Err(e) = crate::fuse::mount::unmount(&mp) {
+                        tracing::info!(error = %e, "unmount refused; detaching");
+                        let _ = mountpoint::detach(&mp);
+                    }
+                });
+                Ok(json!({"unmounting": true, "open_files": open}))
+            }
+        }
+    }
+}
+
+/// Mount and serve until unmounted. `ready` is told once the mount is live
+/// (or why it could not be).
+pub fn run(config: &Config, req: MountRequest, ready: Option<Readiness>) -> Result<()> {
+    let result = start(config, &req);
+    let (session, daemon) = match result {
+        Ok(x) => x,
+        Err(e) => {
+            if let Some(r) = ready {
+                r.failed(&format!("{e:#}"));
+            }
+            return Err(e);
+        }
+    };
+    let socket = control::socket_path(daemon.shared.live.store().root());
+    let server = match control::Server::start(&socket, daemon.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            daemon.unmount();
+            if let Some(r) = ready {
+                r.failed(&e.to_string());
+            }
+            return Err(e.into());
+        }
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_signal_thread(daemon.clone())?;
+    spawn_idle_thread(daemon.clone(), stop.clone(), config);
+    tracing::info!(
+        mountpoint = %req.mountpoint.display(),
+        cache = %daemon.shared.live.store().root().display(),
+        data_path = %daemon.shared.data_path().mode,
+        "mounted"
+    );
+    if let Some(r) = ready {
+        r.ready();
+    }
+    let result = session.run();
+    stop.store(true, Ordering::Relaxed);
+    server.shutdown();
+    let open = daemon.shared.live.open_files();
+    if !open.is_empty() {
+        tracing::warn!(files = %open.join(", "), "unmounted with files open: their sets are left incomplete");
+    }
+    tracing::info!(mountpoint = %req.mountpoint.display(), "unmounted");
+    result.context("serving the FUSE session")
+}
+
+fn start(config: &Config, req: &MountRequest) -> Result<(fuser::Session<CkptFs>, Arc<Daemon>)> {
+    let mp = &req.mountpoint;
+    if mountpoint::is_stale(mp) {
+        tracing::warn!(mountpoint = %mp.display(), "recovering a stale mount left by a daemon that died");
+        mountpoint::detach(mp)
+            .with_context(|| format!("detaching the stale mount at {}", mp.display()))?;
+    }
+    if !mp.is_dir() {
+        bail!("mount point {} is not a directory", mp.display());
+    }
+    let mp = mp
+        .canonicalize()
+        .with_context(|| format!("resolving {}", mp.display()))?;
+    if let Some(m) = mountpoint::find_mount(&mp)? {
+        if m.fstype == mountpoint::FSTYPE {
+            bail!(
+                "{} is already a ckptfs mount (of {}); `ckptfs umount {}` first",
+                mp.display(),
+                m.source,
+                mp.display()
+            );
+        }
+    }
+    let engine = Arc::new(IoEngine::new(&config.io_options()).context("starting the I/O engine")?);
+    let seal_engine = Arc::new(
+        IoEngine::new(&IoOptions {
+            direct: false,
+            ..config.io_options()
+        })
+        .context("starting the I/O engine for seals")?,
+    );
+    let store = Store::open(&config.cache, engine.clone(), config.store_options())
+        .with_context(|| format!("opening the cache {}", config.cache.display()))?;
+    if mp.starts_with(store.root()) || store.root().starts_with(&mp) {
+        bail!(
+            "the mount point {} and the cache {} must not contain each other",
+            mp.display(),
+            store.root().display()
+        );
+    }
+    let live = LiveSets::new(store.clone(), seal_engine, config.idle_rules())?;
+    let shared = Arc::new(Shared {
+        live,
+        root: store.root().to_owned(),
+        want_passthrough: config.mount.passthrough,
+        passthrough: AtomicBool::new(false),
+        passthrough_reason: Mutex::new(None),
+        counters: Counters::default(),
+    });
+    let fs = CkptFs::new(shared.clone());
+    let mut fcfg = fuser::Config::default();
+    // Every user writes their own checkpoints here (allow_other); the
+    // kernel checks permissions (default_permissions, in the mount data).
+    fcfg.acl = fuser::SessionACL::All;
+    fcfg.n_threads = Some(config.mount.threads);
+    fcfg.clone_fd = true;
+    let fd = crate::fuse::mount::mount(&mp, store.root())
+        .with_context(|| format!("mounting ckptfs at {}", mp.display()))?;
+    let session = match fuser::Session::from_fd(fs, fd, fuser::SessionACL::All, fcfg) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = mountpoint::detach(&mp);
+            return Err(e)
+                .with_context(|| format!("starting the FUSE session at {}", mp.display()));
+        }
+    };
+    let daemon = Arc::new(Daemon {
+        shared,
+        engine,
+        mountpoint: mp,
+        started: SystemTime::now(),
+        started_at: Instant::now(),
+    });
+    Ok((session, daemon))
+}
+
+fn spawn_signal_thread(daemon: Arc<Daemon>) -> Result<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT, SIGHUP])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("ckptfs-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "unmounting on signal");
+                daemon.unmount();
+            }
+        })
+        .context("starting the signal thread")?;
+    Ok(())
+}
+
+fn spawn_idle_thread(daemon: Arc<Daemon>, stop: Arc<AtomicBool>, config: &Config) {
+    if config.mount.idle_commit.is_empty() {
+        return;
+    }
+    let _ = std::thread::Builder::new()
+        .name("ckptfs-idle".into())
+        .spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                daemon.shared.live.commit_idle();
+            }
+        });
+}
+
+/// The control socket of the ckptfs mount containing `path`, and the path
+/// relative to its mount point.
+pub fn control_for(path: &Path) -> Result<Option<(PathBuf, PathBuf)>> {
+    let abs = std::path::absolute(path).with_context(|| format!("resolving {}", path.display()))?;
+    for dir in abs.ancestors() {
+        if let Some(m) = mountpoint::find_mount(dir)? {
+            if m.fstype != mountpoint::FSTYPE {
+                return Ok(None);
+            }
+            let rel = abs.strip_prefix(dir).unwrap_or(Path::new("")).to_owned();
+            return Ok(Some((control::socket_path(Path::new(&m.source)), rel)));
+        }
+    }
+    Ok(None)
+}

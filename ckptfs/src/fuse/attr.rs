@@ -1,0 +1,61 @@
+//! Backing-file metadata as FUSE attributes.
+
+use std::fs::{self, Metadata};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{FileAttr, FileType, INodeNo};
+
+pub fn kind(ft: &fs::FileType) -> FileType {
+    if ft.is_dir() {
+        FileType::Directory
+    } else if ft.is_symlink() {
+        FileType::Symlink
+    } else if ft.is_block_device() {
+        FileType::BlockDevice
+    } else if ft.is_char_device() {
+        FileType::CharDevice
+    } else if ft.is_fifo() {
+        FileType::NamedPipe
+    } else if ft.is_socket() {
+        FileType::Socket
+    } else {
+        FileType::RegularFile
+    }
+}
+
+fn time(secs: i64, nsecs: i64) -> SystemTime {
+    if secs >= 0 {
+        UNIX_EPOCH + Duration::new(secs as u64, nsecs as u32)
+    } else {
+        UNIX_EPOCH - Duration::from_secs(secs.unsigned_abs())
+    }
+}
+
+/// `root`: the top of the mount, shown as a sticky world-writable directory
+/// (like /tmp) so every user can create their own job directories, which
+/// the daemon then gives to them.
+pub fn from_metadata(ino: u64, md: &Metadata, root: bool) -> FileAttr {
+    let perm = if root {
+        0o1777
+    } else {
+        (md.mode() & 0o7777) as u16
+    };
+    FileAttr {
+        ino: INodeNo(ino),
+        size: md.size(),
+        blocks: md.blocks(),
+        atime: time(md.atime(), md.atime_nsec()),
+        mtime: time(md.mtime(), md.mtime_nsec()),
+        ctime: time(md.ctime(), md.ctime_nsec()),
+        crtime: md.created().unwrap_or(UNIX_EPOCH),
+        kind: kind(&md.file_type()),
+        perm,
+        nlink: md.nlink() as u32,
+        uid: md.uid(),
+        gid: md.gid(),
+        rdev: md.rdev() as u32,
+        blksize: md.blksize() as u32,
+        flags: 0,
+    }
+}

@@ -1,0 +1,590 @@
+//! Live sets: the sets a daemon is absorbing writes into.
+//!
+//! The FUSE layer only translates; the decisions are made here: which sets
+//! accept writes, when a file is sealed (its last writer closed it: the
+//! crc32c is computed in the background, from the page cache, so `close()`
+//! never waits), when a set may be committed (no file open for writing, every
+//! seal done), and when an idle set is committed on the application's behalf.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::io::IoEngine;
+use crate::manifest::Manifest;
+use crate::path::{JobName, RelPath, SetName};
+use crate::set::SetState;
+use crate::store::{seal_file, SetWriter, Store, StoreError};
+
+/// Why a live-set operation was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    #[error("set {job}/{set} is not open for writing (it is {state})")]
+    ReadOnly {
+        job: JobName,
+        set: SetName,
+        state: String,
+    },
+    #[error("set {job}/{set} has files open for writing: {files}")]
+    FilesOpen {
+        job: JobName,
+        set: SetName,
+        files: String,
+    },
+    #[error("no set {job}/{set}")]
+    NoSuchSet { job: JobName, set: SetName },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl LiveError {
+    /// The errno a filesystem call should fail with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            LiveError::ReadOnly { .. } => libc::EROFS,
+            LiveError::FilesOpen { .. } => libc::EBUSY,
+            LiveError::NoSuchSet { .. } => libc::ENOENT,
+            LiveError::Store(StoreError::SetExists { .. }) => libc::EEXIST,
+            LiveError::Store(StoreError::Engine(e)) => e.raw_os_error().unwrap_or(libc::EIO),
+            LiveError::Store(StoreError::Io(e)) => e.source.raw_os_error().unwrap_or(libc::EIO),
+            LiveError::Store(StoreError::Name(_)) => libc::EINVAL,
+            LiveError::Store(_) => libc::EIO,
+        }
+    }
+}
+
+type Key = (JobName, SetName);
+
+/// A set's state as the mount shows it (`user.ckptfs.state`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LiveState {
+    /// Files are open for writing, or seals are still being computed.
+    Writing,
+    /// Every file is closed and sealed; waiting for a commit.
+    Sealed,
+    /// Committed.
+    Complete,
+    /// Any other state of the store (abandoned, uncommitted, damaged).
+    Other(String),
+}
+
+impl LiveState {
+    pub fn label(&self) -> &str {
+        match self {
+            LiveState::Writing => "writing",
+            LiveState::Sealed => "sealed",
+            LiveState::Complete => "complete",
+            LiveState::Other(s) => s,
+        }
+    }
+}
+
+struct LiveSet {
+    writer: SetWriter,
+    /// Write handles open per file.
+    open: BTreeMap<RelPath, u32>,
+    pending_seals: u32,
+    last_activity: Instant,
+}
+
+impl LiveSet {
+    fn open_writers(&self) -> u32 {
+        self.open.values().sum()
+    }
+}
+
+/// One live set, for status.
+#[derive(Debug, Clone, Serialize)]
+pub struct LiveSummary {
+    pub job: JobName,
+    pub set: SetName,
+    pub state: String,
+    pub open_files: Vec<String>,
+    pub pending_seals: u32,
+    pub idle_seconds: u64,
+}
+
+struct Shared {
+    store: Store,
+    /// Buffered reads: a seal right after close finds the bytes in the page
+    /// cache instead of reading them back from the device.
+    seal_engine: Arc<IoEngine>,
+    sets: Mutex<HashMap<Key, LiveSet>>,
+    sealed: Condvar,
+    /// Job → idle time after which its sets are committed ("*" = any job).
+    idle_rules: BTreeMap<String, Duration>,
+    sealer: rayon::ThreadPool,
+}
+
+/// The daemon's live sets. Cheap to clone.
+#[derive(Clone)]
+pub struct LiveSets {
+    shared: Arc<Shared>,
+}
+
+impl LiveSets {
+    /// `seal_engine` should read through the page cache (`direct: false`).
+    pub fn new(
+        store: Store,
+        seal_engine: Arc<IoEngine>,
+        idle_rules: BTreeMap<String, Duration>,
+    ) -> Result<LiveSets, StoreError> {
+        let sealer = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .thread_name(|i| format!("ckptfs-seal-{i}"))
+            .build()
+            .map_err(|e| {
+                StoreError::Io(crate::durable::PathError::new(
+                    "starting seal threads for",
+                    store.root(),
+                    std::io::Error::other(e.to_string()),
+                ))
+            })?;
+        Ok(LiveSets {
+            shared: Arc::new(Shared {
+                store,
+                seal_engine,
+                sets: Mutex::new(HashMap::new()),
+                sealed: Condvar::new(),
+                idle_rules,
+                sealer,
+            }),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.shared.store
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, LiveSet>> {
+        // A panic while holding the lock leaves plain data behind; keep going.
+        self.shared.sets.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Start a new set (mkdir of `/ckpt/JOB/SET`).
+    pub fn create_set(&self, job: &JobName, set: &SetName) -> Result<(), LiveError> {
+        let writer = self.shared.store.create_set(job, set)?;
+        self.lock().insert(
+            (job.clone(), set.clone()),
+            LiveSet {
+                writer,
+                open: BTreeMap::new(),
+                pending_seals: 0,
+                last_activity: Instant::now(),
+            },
+        );
+        Ok(())
+    }
+
+    /// True when the set accepts writes.
+    pub fn is_live(&self, job: &JobName, set: &SetName) -> bool {
+        self.lock().contains_key(&(job.clone(), set.clone()))
+    }
+
+    fn read_only(&self, job: &JobName, set: &SetName) -> LiveError {
+        let state = match self.shared.store.info(job, set) {
+            Ok(Some(info)) => info.state.label().to_owned(),
+            Ok(None) => {
+                return LiveError::NoSuchSet {
+                    job: job.clone(),
+                    set: set.clone(),
+                }
+            }
+            Err(e) => e.to_string(),
+        };
+        LiveError::ReadOnly {
+            job: job.clone(),
+            set: set.clone(),
+            state,
+        }
+    }
+
+    /// Refuse a modification of a set that is not live (EROFS).
+    pub fn check_writable(&self, job: &JobName, set: &SetName) -> Result<(), LiveError> {
+        let mut sets = self.lock();
+        match sets.get_mut(&(job.clone(), set.clone())) {
+            Some(s) => {
+                s.last_activity = Instant::now();
+                Ok(())
+            }
+            None => {
+                drop(sets);
+                Err(self.read_only(job, set))
+            }
+        }
+    }
+
+    /// A file of a live set was opened for writing.
+    pub fn opened_for_write(
+        &self,
+        job: &JobName,
+        set: &SetName,
+        rel: &RelPath,
+    ) -> Result<(), LiveError> {
+        let mut sets = self.lock();
+        match sets.get_mut(&(job.clone(), set.clone())) {
+            Some(s) => {
+                *s.open.entry(rel.clone()).or_insert(0) += 1;
+                s.last_activity = Instant::now();
+                Ok(())
+            }
+            None => {
+                drop(sets);
+                Err(self.read_only(job, set))
+            }
+        }
+    }
+
+    /// A write handle was closed. On the last one the file is sealed in the
+    /// background; `close()` does not wait.
+    pub fn closed_for_write(&self, job: &JobName, set: &SetName, rel: &RelPath) {
+        let key = (job.clone(), set.clone());
+        let mut sets = self.lock();
+        let Some(s) = sets.get_mut(&key) else { return };
+        s.last_activity = Instant::now();
+        let last = match s.open.get_mut(rel) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                s.open.remove(rel);
+                true
+            }
+            None => false,
+        };
+        if !last {
+            return;
+        }
+        s.pending_seals += 1;
+        let path = rel.under(s.writer.dir());
+        drop(sets);
+        let this = self.clone();
+        let rel = rel.clone();
+        self.shared.sealer.spawn(move || {
+            let chunk = this.shared.store.options().chunk_size;
+            let result = seal_file(&this.shared.seal_engine, &path, chunk);
+            let mut sets = this.lock();
+            if let Some(s) = sets.get_mut(&key) {
+                s.pending_seals -= 1;
+                match result {
+                    Ok((digest, mtime)) => s.writer.add_seal(&rel, digest, mtime),
+                    // Commit checksums an unsealed file itself; a file
+                    // removed meanwhile simply has no seal.
+                    Err(e) => tracing::debug!(file = %path.display(), error = %e, "seal skipped"),
+                }
+            }
+            drop(sets);
+            this.shared.sealed.notify_all();
+        });
+    }
+
+    /// A file of a live set was removed.
+    pub fn removed(&self, job: &JobName, set: &SetName, rel: &RelPath) {
+        if let Some(s) = self.lock().get_mut(&(job.clone(), set.clone())) {
+            s.writer.drop_seal(rel);
+        }
+    }
+
+    /// A file of a live set was renamed.
+    pub fn renamed(&self, job: &JobName, set: &SetName, from: &RelPath, to: &RelPath) {
+        if let Some(s) = self.lock().get_mut(&(job.clone(), set.clone())) {
+            s.writer.rename_seal(from, to);
+            if let Some(n) = s.open.remove(from) {
+                s.open.insert(to.clone(), n);
+            }
+        }
+    }
+
+    /// The state the mount shows for a set.
+    pub fn state(&self, job: &JobName, set: &SetName) -> Result<LiveState, LiveError> {
+        if let Some(s) = self.lock().get(&(job.clone(), set.clone())) {
+            return Ok(if s.open_writers() > 0 || s.pending_seals > 0 {
+                LiveState::Writing
+            } else {
+                LiveState::Sealed
+            });
+        }
+        match self.shared.store.info(job, set)? {
+            Some(i) if i.state == SetState::Complete => Ok(LiveState::Complete),
+            Some(i) => Ok(LiveState::Other(i.state.label().to_owned())),
+            None => Err(LiveError::NoSuchSet {
+                job: job.clone(),
+                set: set.clone(),
+            }),
+        }
+    }
+
+    /// The state of one file: writing (open for writing or its seal is
+    /// being computed), sealed, or complete.
+    pub fn file_state(
+        &self,
+        job: &JobName,
+        set: &SetName,
+        rel: &RelPath,
+    ) -> Result<LiveState, LiveError> {
+        if let Some(s) = self.lock().get(&(job.clone(), set.clone())) {
+            return Ok(
+                if s.open.contains_key(rel) || s.writer.sealed(rel).is_none() {
+                    LiveState::Writing
+                } else {
+                    LiveState::Sealed
+                },
+            );
+        }
+        self.state(job, set)
+    }
+
+    /// Commit a live set: refused while files are open for writing; waits
+    /// for the seals under way.
+    pub fn commit(&self, job: &JobName, set: &SetName) -> Result<Manifest, LiveError> {
+        let key = (job.clone(), set.clone());
+        let mut sets = self.lock();
+        loop {
+            let Some(s) = sets.get(&key) else {
+                drop(sets);
+                return Err(match self.shared.store.info(job, set)? {
+                    Some(i) if i.state == SetState::Complete => {
+                        LiveError::Store(StoreError::AlreadyComplete {
+                            job: job.clone(),
+                            set: set.clone(),
+                        })
+                    }
+                    _ => self.read_only(job, set),
+                });
+            };
+            if s.open_writers() > 0 {
+                let files = s
+                    .open
+                    .keys()
+                    .map(RelPath::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(LiveError::FilesOpen {
+                    job: job.clone(),
+                    set: set.clone(),
+                    files,
+                });
+            }
+            if s.pending_seals == 0 {
+                break;
+            }
+            sets = self
+                .shared
+                .sealed
+                .wait(sets)
+                .unwrap_or_else(|p| p.into_inner());
+        }
+        let live = sets.remove(&key).ok_or_else(|| LiveError::NoSuchSet {
+            job: job.clone(),
+            set: set.clone(),
+        })?;
+        drop(sets);
+        // Committing reads unsealed files; nobody can open the set for
+        // writing meanwhile because it is no longer live.
+        let result = live.writer.commit();
+        if let Err(e) = &result {
+            tracing::warn!(job = %job, set = %set, error = %e, "commit failed; the set stays incomplete");
+        }
+        Ok(result?)
+    }
+
+    /// Give up a live set (rmdir of an emptied set, or forced unmount):
+    /// it becomes abandoned and `delete` removes it.
+    pub fn discard(&self, job: &JobName, set: &SetName, delete: bool) -> Result<(), LiveError> {
+        let live = self.lock().remove(&(job.clone(), set.clone()));
+        drop(live);
+        if delete {
+            self.shared.store.delete_set(job, set)?;
+        }
+        Ok(())
+    }
+
+    /// Commit the sets whose job has an idle rule and that were idle (no
+    /// file open, no activity) for at least its time. Returns what was
+    /// committed; failures are logged and the set stays live.
+    pub fn commit_idle(&self) -> Vec<(JobName, SetName)> {
+        let now = Instant::now();
+        let due: Vec<Key> = self
+            .lock()
+            .iter()
+            .filter(|((job, _), s)| {
+                let rule = self
+                    .shared
+                    .idle_rules
+                    .get(job.as_str())
+                    .or_else(|| self.shared.idle_rules.get("*"));
+                matches!(rule, Some(t) if s.open_writers() == 0
+                    && s.pending_seals == 0
+                    && now.duration_since(s.last_activity) >= *t)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut done = Vec::new();
+        for (job, set) in due {
+            match self.commit(&job, &set) {
+                Ok(_) => {
+                    tracing::info!(job = %job, set = %set, "committed after the idle time");
+                    done.push((job, set));
+                }
+                Err(e) => tracing::warn!(job = %job, set = %set, error = %e, "idle commit failed"),
+            }
+        }
+        done
+    }
+
+    /// Every live set, for status and for refusing an unmount.
+    pub fn summary(&self) -> Vec<LiveSummary> {
+        let now = Instant::now();
+        let mut out: Vec<LiveSummary> = self
+            .lock()
+            .iter()
+            .map(|((job, set), s)| LiveSummary {
+                job: job.clone(),
+                set: set.clone(),
+                state: if s.open_writers() > 0 || s.pending_seals > 0 {
+                    "writing"
+                } else {
+                    "sealed"
+                }
+                .to_owned(),
+                open_files: s.open.keys().map(RelPath::to_string).collect(),
+                pending_seals: s.pending_seals,
+                idle_seconds: now.duration_since(s.last_activity).as_secs(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.job, &a.set).cmp(&(&b.job, &b.set)));
+        out
+    }
+
+    /// Files open for writing, as `job/set/path`.
+    pub fn open_files(&self) -> Vec<String> {
+        self.summary()
+            .into_iter()
+            .flat_map(|s| {
+                let prefix = format!("{}/{}", s.job, s.set);
+                s.open_files
+                    .into_iter()
+                    .map(move |f| format!("{prefix}/{f}"))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{EngineKind, IoOptions};
+    use crate::store::StoreOptions;
+
+    fn live(idle: &[(&str, u64)]) -> (tempfile::TempDir, LiveSets) {
+        let d = tempfile::Builder::new()
+            .prefix("ckpt-live-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let engine = Arc::new(
+            IoEngine::new(&IoOptions {
+                kind: EngineKind::Fallback,
+                ..IoOptions::default()
+            })
+            .unwrap(),
+        );
+        let store = Store::open(d.path(), engine.clone(), StoreOptions::default()).unwrap();
+        let rules = idle
+            .iter()
+            .map(|(j, s)| (j.to_string(), Duration::from_millis(*s)))
+            .collect();
+        (d, LiveSets::new(store, engine, rules).unwrap())
+    }
+
+    fn names() -> (JobName, SetName, RelPath) {
+        (
+            JobName::new("j").unwrap(),
+            SetName::new("s").unwrap(),
+            RelPath::new("f.bin").unwrap(),
+        )
+    }
+
+    #[test]
+    fn seal_on_last_close_then_commit() {
+        let (_d, live) = live(&[]);
+        let (j, s, f) = names();
+        live.create_set(&j, &s).unwrap();
+        let path = f.under(&live.store().set_dir(&j, &s));
+        std::fs::write(&path, vec![5u8; 3 << 20]).unwrap();
+        live.opened_for_write(&j, &s, &f).unwrap();
+        live.opened_for_write(&j, &s, &f).unwrap();
+        assert_eq!(live.state(&j, &s).unwrap(), LiveState::Writing);
+        live.closed_for_write(&j, &s, &f);
+        let e = live.commit(&j, &s).unwrap_err();
+        assert!(matches!(e, LiveError::FilesOpen { .. }), "{e}");
+        assert!(e.to_string().contains("f.bin"));
+        assert_eq!(e.errno(), libc::EBUSY);
+        live.closed_for_write(&j, &s, &f);
+        let m = live.commit(&j, &s).unwrap();
+        assert_eq!(m.total_bytes, 3 << 20);
+        assert_eq!(live.state(&j, &s).unwrap(), LiveState::Complete);
+        assert!(!live.is_live(&j, &s));
+        let e = live.opened_for_write(&j, &s, &f).unwrap_err();
+        assert_eq!(e.errno(), libc::EROFS);
+        assert!(matches!(
+            live.commit(&j, &s),
+            Err(LiveError::Store(StoreError::AlreadyComplete { .. }))
+        ));
+        assert!(live.store().verify(&j, &s).unwrap().ok());
+    }
+
+    #[test]
+    fn sealed_state_and_file_state() {
+        let (_d, live) = live(&[]);
+        let (j, s, f) = names();
+        live.create_set(&j, &s).unwrap();
+        std::fs::write(f.under(&live.store().set_dir(&j, &s)), b"abc").unwrap();
+        live.opened_for_write(&j, &s, &f).unwrap();
+        assert_eq!(live.file_state(&j, &s, &f).unwrap(), LiveState::Writing);
+        live.closed_for_write(&j, &s, &f);
+        // Wait for the background seal.
+        for _ in 0..500 {
+            if live.state(&j, &s).unwrap() == LiveState::Sealed {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        assert_eq!(live.state(&j, &s).unwrap(), LiveState::Sealed);
+        assert_eq!(live.file_state(&j, &s, &f).unwrap(), LiveState::Sealed);
+        // Modified after the seal: no longer sealed.
+        std::thread::sleep(Duration::from_millis(10));
+        std::fs::write(f.under(&live.store().set_dir(&j, &s)), b"abcd").unwrap();
+        assert_eq!(live.file_state(&j, &s, &f).unwrap(), LiveState::Writing);
+        let m = live.commit(&j, &s).unwrap();
+        assert_eq!(m.files[0].size, 4, "commit re-sealed the changed file");
+    }
+
+    #[test]
+    fn idle_rule_commits_only_matching_idle_sets() {
+        let (_d, live) = live(&[("j", 30)]);
+        let (j, s, f) = names();
+        live.create_set(&j, &s).unwrap();
+        let other = JobName::new("other").unwrap();
+        live.create_set(&other, &s).unwrap();
+        live.opened_for_write(&j, &s, &f).unwrap();
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(live.commit_idle().is_empty(), "open file must block");
+        live.closed_for_write(&j, &s, &f);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(live.commit_idle(), vec![(j.clone(), s.clone())]);
+        assert!(live.is_live(&other, &s), "job without a rule stays live");
+    }
+
+    #[test]
+    fn discard_deletes() {
+        let (_d, live) = live(&[]);
+        let (j, s, _) = names();
+        live.create_set(&j, &s).unwrap();
+        live.discard(&j, &s, true).unwrap();
+        assert!(live.store().info(&j, &s).unwrap().is_none());
+    }
+}
