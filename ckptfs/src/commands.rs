@@ -368,6 +368,10 @@ fn prune(ctx: &Ctx, job: Option<&str>, json: bool) -> Result<Exit> {
 }
 
 fn status(ctx: &Ctx, json: bool) -> Result<Exit> {
+    // A daemon serving this cache knows more (data path, open files).
+    if let Some(code) = crate::mount_cmd::status_of_cache(&ctx.config.cache, json)? {
+        return Ok(code);
+    }
     let store = ctx.store()?;
     let engine = store.engine();
     let mut jobs = Vec::new();

@@ -154,8 +154,20 @@ impl Handler for Daemon {
 /// Mount and serve until unmounted. `ready` is told once the mount is live
 /// (or why it could not be).
 pub fn run(config: &Config, req: MountRequest, ready: Option<Readiness>) -> Result<()> {
-    let result = start(config, &req);
-    let (session, daemon) = match result {
+    let started = prepare(config, &req).and_then(|daemon| {
+        // The control socket first: a second daemon for the same cache is
+        // refused here, before it touches the mount table.
+        let socket = control::socket_path(daemon.shared.live.store().root());
+        let server = control::Server::start(&socket, daemon.clone())?;
+        match mount(config, &daemon) {
+            Ok(session) => Ok((daemon, server, session)),
+            Err(e) => {
+                server.shutdown();
+                Err(e)
+            }
+        }
+    });
+    let (daemon, server, session) = match started {
         Ok(x) => x,
         Err(e) => {
             if let Some(r) = ready {
@@ -164,22 +176,11 @@ pub fn run(config: &Config, req: MountRequest, ready: Option<Readiness>) -> Resu
             return Err(e);
         }
     };
-    let socket = control::socket_path(daemon.shared.live.store().root());
-    let server = match control::Server::start(&socket, daemon.clone()) {
-        Ok(s) => s,
-        Err(e) => {
-            daemon.unmount();
-            if let Some(r) = ready {
-                r.failed(&e.to_string());
-            }
-            return Err(e.into());
-        }
-    };
     let stop = Arc::new(AtomicBool::new(false));
     spawn_signal_thread(daemon.clone())?;
     spawn_idle_thread(daemon.clone(), stop.clone(), config);
     tracing::info!(
-        mountpoint = %req.mountpoint.display(),
+        mountpoint = %daemon.mountpoint.display(),
         cache = %daemon.shared.live.store().root().display(),
         data_path = %daemon.shared.data_path().mode,
         "mounted"
@@ -194,11 +195,12 @@ pub fn run(config: &Config, req: MountRequest, ready: Option<Readiness>) -> Resu
     if !open.is_empty() {
         tracing::warn!(files = %open.join(", "), "unmounted with files open: their sets are left incomplete");
     }
-    tracing::info!(mountpoint = %req.mountpoint.display(), "unmounted");
+    tracing::info!(mountpoint = %daemon.mountpoint.display(), "unmounted");
     result.context("serving the FUSE session")
 }
 
-fn start(config: &Config, req: &MountRequest) -> Result<(fuser::Session<CkptFs>, Arc<Daemon>)> {
+/// Check the mount point, open the store and build the daemon's state.
+fn prepare(config: &Config, req: &MountRequest) -> Result<Arc<Daemon>> {
     let mp = &req.mountpoint;
     if mountpoint::is_stale(mp) {
         tracing::warn!(mountpoint = %mp.display(), "recovering a stale mount left by a daemon that died");
@@ -247,31 +249,32 @@ fn start(config: &Config, req: &MountRequest) -> Result<(fuser::Session<CkptFs>,
         passthrough_reason: Mutex::new(None),
         counters: Counters::default(),
     });
-    let fs = CkptFs::new(shared.clone());
+    Ok(Arc::new(Daemon {
+        shared,
+        engine,
+        mountpoint: mp,
+        started: SystemTime::now(),
+        started_at: Instant::now(),
+    }))
+}
+
+/// Mount and start the FUSE session (the kernel's INIT is answered here,
+/// so passthrough is known when this returns).
+fn mount(config: &Config, daemon: &Daemon) -> Result<fuser::Session<CkptFs>> {
+    let mp = &daemon.mountpoint;
+    let fs = CkptFs::new(daemon.shared.clone());
     let mut fcfg = fuser::Config::default();
     // Every user writes their own checkpoints here (allow_other); the
     // kernel checks permissions (default_permissions, in the mount data).
     fcfg.acl = fuser::SessionACL::All;
     fcfg.n_threads = Some(config.mount.threads);
     fcfg.clone_fd = true;
-    let fd = crate::fuse::mount::mount(&mp, store.root())
+    let fd = crate::fuse::mount::mount(mp, daemon.shared.live.store().root())
         .with_context(|| format!("mounting ckptfs at {}", mp.display()))?;
-    let session = match fuser::Session::from_fd(fs, fd, fuser::SessionACL::All, fcfg) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = mountpoint::detach(&mp);
-            return Err(e)
-                .with_context(|| format!("starting the FUSE session at {}", mp.display()));
-        }
-    };
-    let daemon = Arc::new(Daemon {
-        shared,
-        engine,
-        mountpoint: mp,
-        started: SystemTime::now(),
-        started_at: Instant::now(),
-    });
-    Ok((session, daemon))
+    fuser::Session::from_fd(fs, fd, fuser::SessionACL::All, fcfg).or_else(|e| {
+        let _ = mountpoint::detach(mp);
+        Err(e).with_context(|| format!("starting the FUSE session at {}", mp.display()))
+    })
 }
 
 fn spawn_signal_thread(daemon: Arc<Daemon>) -> Result<()> {

@@ -16,7 +16,9 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
-    init_logging(cli.global.verbose);
+    // A daemon's log is read after the fact: say what it did by default.
+    let daemon = matches!(cli.command, args::Command::Mount { .. });
+    init_logging(cli.global.verbose + u8::from(daemon));
     match commands::run(cli) {
         Ok(code) => code.into(),
         Err(e) => {

@@ -97,6 +97,20 @@ pub fn umount(mp: &Path, force: bool) -> Result<Exit> {
 
 pub fn status(mp: &Path, json: bool) -> Result<Exit> {
     let (mut client, _) = client_for_mount(mp)?;
+    show_status(&mut client, json)
+}
+
+/// Status from the daemon serving `cache`, if one answers.
+pub fn status_of_cache(cache: &Path, json: bool) -> Result<Option<Exit>> {
+    let socket = control::socket_path(cache);
+    match Client::connect(&socket) {
+        Ok(mut client) => show_status(&mut client, json).map(Some),
+        Err(e) if e.daemon_absent() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn show_status(client: &mut Client, json: bool) -> Result<Exit> {
     let v = client.call(&Request::Status)?;
     if json {
         println!("{}", serde_json::to_string_pretty(&v)?);
@@ -174,5 +188,7 @@ pub fn commit_in_mount(dir: &Path) -> Result<Option<Value>> {
         set: SetName::new(*set)?,
     };
     let mut client = Client::connect(&socket)?;
+    // A commit waits for the seals of a large set: no timeout.
+    client.set_timeout(None)?;
     Ok(Some(client.call(&req)?))
 }

@@ -541,11 +541,21 @@ impl Server {
         };
         clear_stale(path).map_err(err)?;
         let listener = UnixListener::bind(path).map_err(err)?;
-        // bind honours the umask; a peer that connects before the chmod
-        // still meets the uid check.
-        fs::set_permissions(path, fs::Permissions::from_mode(0o600)).map_err(err)?;
-        let md = fs::symlink_metadata(path).map_err(err)?;
-        let (stop_r, stop_w) = io::pipe().map_err(err)?;
+        let prepared = (|| {
+            // bind honours the umask; a peer that connects before the chmod
+            // still meets the uid check.
+            fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
+            let md = fs::symlink_metadata(path)?;
+            let (stop_r, stop_w) = io::pipe()?;
+            Ok((md, stop_r, stop_w))
+        })();
+        let (md, stop_r, stop_w) = match prepared {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = fs::remove_file(path);
+                return Err(err(e));
+            }
+        };
         let shared = Arc::new(Shared {
             path: path.to_owned(),
             handler,
@@ -558,7 +568,10 @@ impl Server {
         let accept = std::thread::Builder::new()
             .name("ckptfs-control".into())
             .spawn(move || accept_loop(&s, &listener, &OwnedFd::from(stop_r)))
-            .map_err(err)?;
+            .map_err(|e| {
+                let _ = fs::remove_file(path);
+                err(e)
+            })?;
         Ok(Server {
             shared,
             stop: Some(OwnedFd::from(stop_w)),

@@ -260,8 +260,17 @@ impl Store {
             });
         }
         let meta = self.meta_dir(job, set);
-        durable::create_dir_all_durable(&self.inner.sets_meta.join(job), PUBLIC_DIR_MODE)?;
-        match fs::DirBuilder::new().mode(PUBLIC_DIR_MODE).create(&meta) {
+        let mut attempt = 0;
+        let made = loop {
+            // A concurrent delete of the job's last set may remove the
+            // job's directory between these two steps: make it again.
+            durable::create_dir_all_durable(&self.inner.sets_meta.join(job), PUBLIC_DIR_MODE)?;
+            match fs::DirBuilder::new().mode(PUBLIC_DIR_MODE).create(&meta) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 3 => attempt += 1,
+                other => break other,
+            }
+        };
+        match made {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(StoreError::SetExists {
@@ -274,11 +283,14 @@ impl Store {
         durable::sync_parent(&meta)?;
         let created = SystemTime::now();
         let lock = self.take_writer(&meta, created)?;
-        durable::create_dir_all_durable(&self.inner.root.join(job), PUBLIC_DIR_MODE)?;
-        fs::DirBuilder::new()
-            .mode(SET_DIR_MODE)
-            .create(&data)
-            .at("creating directory", &data)?;
+        let mut attempt = 0;
+        loop {
+            durable::create_dir_all_durable(&self.inner.root.join(job), PUBLIC_DIR_MODE)?;
+            match fs::DirBuilder::new().mode(SET_DIR_MODE).create(&data) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 3 => attempt += 1,
+                other => break other.at("creating directory", &data)?,
+            }
+        }
         durable::sync_parent(&data)?;
         Ok(SetWriter {
             store: self.clone(),
@@ -604,6 +616,10 @@ impl Store {
         let data = self.set_dir(job, set);
         remove_tree(&data)?;
         remove_tree(&meta)?;
+        // A job without sets leaves no empty directories behind; a set
+        // being created meanwhile makes these fail with ENOTEMPTY, fine.
+        let _ = fs::remove_dir(self.inner.root.join(job));
+        let _ = fs::remove_dir(self.inner.sets_meta.join(job));
         Ok(())
     }
 
