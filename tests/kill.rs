@@ -35,6 +35,7 @@ fn open(root: &Path) -> Store {
         StoreOptions {
             chunk_size: 64 * 1024,
             keep: KEEP,
+            ..Default::default()
         },
     )
     .expect("store opens after a kill")

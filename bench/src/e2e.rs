@@ -139,6 +139,7 @@ impl Target {
             // Every set is deleted by the harness itself; retention must not
             // run inside a timed commit.
             keep: 0,
+            ..Default::default()
         };
         let store = Store::open(root, Arc::new(engine), opts)
             .with_context(|| format!("opening the store at {}", root.display()))?;
@@ -209,7 +210,7 @@ fn settle() {
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
-        args.size > 0 && args.size % MIB == 0,
+        args.size > 0 && args.size.is_multiple_of(MIB),
         "--size must be a positive whole number of MiB (dd writes 1 MiB blocks), got {}",
         args.size
     );

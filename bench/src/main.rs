@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use bytesize::ByteSize;
 use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
 
 /// Benchmarks for ckptfs that need a real disk.
 #[derive(Debug, Parser)]
@@ -26,6 +27,14 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The engine says through tracing which path it took and how many bytes
+    // went direct; `RUST_LOG=libckpt=debug` shows it.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = Cli::parse();
     match cli.command {
         Command::E2e(args) => e2e::run(&args),

@@ -73,6 +73,63 @@ pub struct Global {
     #[arg(long, global = true, value_name = "BOOL")]
     pub io_direct: Option<bool>,
 
+    /// Parallel-filesystem tier: a directory (Lustre, GPFS, BeeGFS) complete
+    /// sets drain to [config: pfs.dir; default none].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub pfs: Option<PathBuf>,
+
+    /// Complete sets kept per job on the PFS tier [config: pfs.keep; default 5].
+    #[arg(long, global = true, value_name = "N")]
+    pub pfs_keep: Option<usize>,
+
+    /// Drain rate limit to the PFS, bytes/s, 0 unlimited [config: pfs.rate].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub pfs_rate: Option<ByteSize>,
+
+    /// Disaster-recovery tier: HOST:PORT of a `ckptfs serve`
+    /// [config: dr.address; default none].
+    #[arg(long, global = true, value_name = "HOST:PORT")]
+    pub dr: Option<String>,
+
+    /// Shared key file for the DR tier, mode 0600 [config: dr.key;
+    /// default /etc/ckptfs/dr.key].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub dr_key: Option<PathBuf>,
+
+    /// Complete sets kept per job on the DR tier [config: dr.keep; default 10].
+    #[arg(long, global = true, value_name = "N")]
+    pub dr_keep: Option<usize>,
+
+    /// Drain rate limit to the DR site, bytes/s, 0 unlimited [config: dr.rate].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub dr_rate: Option<ByteSize>,
+
+    /// zstd level for the DR tier, 1–19 [config: dr.zstd_level; default 3].
+    #[arg(long, global = true, value_name = "N")]
+    pub dr_zstd_level: Option<i32>,
+
+    /// Random delay before a set starts draining [config: drain.jitter; default 2s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub drain_jitter: Option<String>,
+
+    /// First retry delay after a failed drain, doubling up to
+    /// --drain-backoff-max [config: drain.backoff_min; default 1s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub drain_backoff_min: Option<String>,
+
+    /// Longest retry delay [config: drain.backoff_max; default 5m].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub drain_backoff_max: Option<String>,
+
+    /// Evict drained sets above this cache fill, percent
+    /// [config: drain.high_watermark; default 90].
+    #[arg(long, global = true, value_name = "PERCENT")]
+    pub drain_high_watermark: Option<u8>,
+
+    /// …down to this fill [config: drain.low_watermark; default 75].
+    #[arg(long, global = true, value_name = "PERCENT")]
+    pub drain_low_watermark: Option<u8>,
+
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -88,6 +145,19 @@ impl Global {
             io_queue_depth: self.io_queue_depth,
             io_buffer_size: self.io_buffer_size,
             io_direct: self.io_direct,
+            pfs: self.pfs.clone(),
+            pfs_keep: self.pfs_keep,
+            pfs_rate: self.pfs_rate,
+            dr: self.dr.clone(),
+            dr_key: self.dr_key.clone(),
+            dr_keep: self.dr_keep,
+            dr_rate: self.dr_rate,
+            dr_zstd_level: self.dr_zstd_level,
+            drain_jitter: self.drain_jitter.clone(),
+            drain_backoff_min: self.drain_backoff_min.clone(),
+            drain_backoff_max: self.drain_backoff_max.clone(),
+            drain_high_watermark: self.drain_high_watermark,
+            drain_low_watermark: self.drain_low_watermark,
             ..Overrides::default()
         }
     }
@@ -108,7 +178,41 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Print the newest complete set of a job (exit 3 when there is none).
+    /// Drain complete sets to the lower tiers (--pfs, --dr), or show what is
+    /// pending. With a mount's daemon serving the cache, it drains by itself:
+    /// --wait then only waits. Without one, this drains in the foreground.
+    Drain {
+        /// Only this job.
+        job: Option<String>,
+        /// Block until every complete set is on every tier, with progress;
+        /// exit 1 if a set failed for good (e.g. a corrupt cache copy).
+        #[arg(long)]
+        wait: bool,
+        /// Give up waiting after this long (exit 1).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore a set (the newest complete one by default) into DIR, from
+    /// the cache or a lower tier, verifying every chunk. A corrupt copy is
+    /// reported and the next tier is tried.
+    Restore {
+        job: String,
+        set: Option<String>,
+        /// Destination directory (created; must be empty).
+        #[arg(long, value_name = "DIR")]
+        to: PathBuf,
+        /// Only this source: cache, pfs or dr.
+        #[arg(long, value_name = "SOURCE")]
+        from: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the newest complete set of a job on the cache or any tier
+    /// (exit 3 when there is none).
     Latest {
         job: String,
         /// Print the set's directory instead of its name.

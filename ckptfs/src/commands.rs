@@ -42,6 +42,34 @@ pub fn run(cli: Cli) -> Result<Exit> {
     match cli.command {
         Command::Ls { job, json } => ls(&ctx, job.as_deref(), json),
         Command::Latest { job, path, json } => latest(&ctx, &job, path, json),
+        Command::Drain {
+            job,
+            wait,
+            timeout,
+            json,
+        } => crate::drain_cmd::drain(
+            &ctx.config,
+            ctx.store()?,
+            job.as_deref(),
+            wait,
+            timeout,
+            json,
+        ),
+        Command::Restore {
+            job,
+            set,
+            to,
+            from,
+            json,
+        } => crate::drain_cmd::restore(
+            &ctx.config,
+            &ctx.store()?,
+            &job,
+            set.as_deref(),
+            &to,
+            from.as_deref(),
+            json,
+        ),
         Command::Verify { job, set, json } => verify(&ctx, &job, set.as_deref(), json),
         Command::Commit { dir, force, json } => commit(&ctx, &dir, force, json),
         Command::Mount {
@@ -166,25 +194,38 @@ fn print_sets(sets: &[SetInfo]) {
 fn latest(ctx: &Ctx, job: &str, path: bool, json: bool) -> Result<Exit> {
     let store = ctx.store()?;
     let job = JobName::new(job)?;
-    let Some(info) = store.latest(&job)? else {
+    let Some(found) = crate::drain_cmd::latest_anywhere(&ctx.config, &store, &job)? else {
         if json {
             print_json(&serde_json::Value::Null)?;
         }
         eprintln!(
-            "no complete set for job {job} in {}",
+            "no complete set for job {job} in {} or any tier",
             store.root().display()
         );
         return Ok(Exit::NotFound);
     };
-    let dir = store.set_dir(&job, &info.set);
+    let dir = store.set_dir(&job, &found.set);
+    let in_cache = found.sources.iter().any(|s| s == libckpt::stage::CACHE);
     if json {
-        let mut v = serde_json::to_value(&info)?;
-        v["path"] = json!(dir);
+        let mut v = serde_json::to_value(&found)?;
+        if in_cache {
+            v["path"] = json!(dir);
+        }
+        v["set"] = json!(found.set);
         print_json(&v)?;
     } else if path {
+        if !in_cache {
+            eprintln!(
+                "{job}/{} is on {} only, not in the cache: `ckptfs restore {job} {}` brings it back",
+                found.set,
+                found.sources.join(", "),
+                found.set
+            );
+            return Ok(Exit::NotFound);
+        }
         println!("{}", dir.display());
     } else {
-        println!("{}", info.set);
+        println!("{}", found.set);
     }
     Ok(Exit::Ok)
 }
@@ -389,6 +430,16 @@ fn status(ctx: &Ctx, json: bool) -> Result<Exit> {
             "latest": sets.iter().rev().find(|s| s.is_complete()).map(|s| &s.set),
         }));
     }
+    let drain_status = libckpt::drain::tiers_from_config(&ctx.config)
+        .map(|t| {
+            libckpt::drain::Drain::new(
+                store.clone(),
+                t,
+                libckpt::drain::DrainOptions::from_config(&ctx.config),
+            )
+            .status()
+        })
+        .unwrap_or_default();
     let (total, free) = libckpt::statfs::space(store.root())
         .map(|s| (s.total, s.free))
         .unwrap_or((0, 0));
@@ -408,6 +459,7 @@ fn status(ctx: &Ctx, json: bool) -> Result<Exit> {
         "chunk_size": store.options().chunk_size,
         "keep": store.options().keep,
         "jobs": jobs,
+        "drain": drain_status,
     });
     if json {
         print_json(&v)?;
@@ -430,6 +482,20 @@ fn status(ctx: &Ctx, json: bool) -> Result<Exit> {
         ByteSize::b(store.options().chunk_size),
         store.options().keep
     );
+    for t in &drain_status {
+        println!(
+            "tier {} ({}): {} set(s) pending, {}, RPO exposure {}{}",
+            t.tier,
+            t.location,
+            t.pending.len(),
+            ByteSize::b(t.bytes_pending),
+            t.rpo_exposure_seconds
+                .map_or("none".to_owned(), |s| format!("{s} s")),
+            t.last_error
+                .as_deref()
+                .map_or(String::new(), |e| format!("; last error: {e}"))
+        );
+    }
     for j in &jobs {
         println!(
             "job {}: {} complete, {} writing, {} abandoned, {} uncommitted, {} damaged, latest {}",

@@ -25,6 +25,7 @@ pub struct MountRequest {
 
 struct Daemon {
     shared: Arc<Shared>,
+    drain: Option<Arc<libckpt::drain::Drain>>,
     engine: Arc<IoEngine>,
     mountpoint: PathBuf,
     started: SystemTime,
@@ -82,6 +83,7 @@ impl Daemon {
             "open_files": live.open_files(),
             "live_sets": live.summary(),
             "jobs": jobs,
+            "drain": self.drain.as_ref().map(|d| d.status()).unwrap_or_default(),
             "counters": {
                 "passthrough_opens": c.passthrough_opens.load(Ordering::Relaxed),
                 "fallback_opens": c.fallback_opens.load(Ordering::Relaxed),
@@ -177,6 +179,7 @@ pub fn run(config: &Config, req: MountRequest, ready: Option<Readiness>) -> Resu
         }
     };
     let stop = Arc::new(AtomicBool::new(false));
+    let drain_workers = daemon.drain.as_ref().map(|d| d.start()).unwrap_or_default();
     spawn_signal_thread(daemon.clone())?;
     spawn_idle_thread(daemon.clone(), stop.clone(), config);
     tracing::info!(
@@ -190,6 +193,11 @@ pub fn run(config: &Config, req: MountRequest, ready: Option<Readiness>) -> Resu
     }
     let result = session.run();
     stop.store(true, Ordering::Relaxed);
+    if let Some(d) = &daemon.drain {
+        // A push in progress is journaled: the next start resumes it.
+        d.shutdown();
+    }
+    drop(drain_workers);
     server.shutdown();
     let open = daemon.shared.live.open_files();
     if !open.is_empty() {
@@ -241,6 +249,18 @@ fn prepare(config: &Config, req: &MountRequest) -> Result<Arc<Daemon>> {
         );
     }
     let live = LiveSets::new(store.clone(), seal_engine, config.idle_rules())?;
+    let tiers = libckpt::drain::tiers_from_config(config).context("setting up the lower tiers")?;
+    let drain = (!tiers.is_empty()).then(|| {
+        libckpt::drain::Drain::new(
+            store.clone(),
+            tiers,
+            libckpt::drain::DrainOptions::from_config(config),
+        )
+    });
+    if let Some(d) = &drain {
+        let d = d.clone();
+        live.on_commit(Box::new(move |_, _| d.notify()));
+    }
     let shared = Arc::new(Shared {
         live,
         root: store.root().to_owned(),
@@ -251,6 +271,7 @@ fn prepare(config: &Config, req: &MountRequest) -> Result<Arc<Daemon>> {
     });
     Ok(Arc::new(Daemon {
         shared,
+        drain,
         engine,
         mountpoint: mp,
         started: SystemTime::now(),

@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use libckpt::stage::StageError;
 use libckpt::store::StoreError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -16,11 +17,22 @@ impl Exit {
     /// Map an error to its status: "not found" and "corrupt" are told apart
     /// so scripts can fall back to an older set or another tier.
     pub fn from_error(e: &anyhow::Error) -> Exit {
-        match e.downcast_ref::<StoreError>() {
-            Some(se) if se.is_not_found() => Exit::NotFound,
-            Some(StoreError::Manifest { .. }) => Exit::VerifyFailed,
-            _ => Exit::Error,
+        for cause in e.chain() {
+            if let Some(se) = cause.downcast_ref::<StoreError>() {
+                if se.is_not_found() {
+                    return Exit::NotFound;
+                }
+                if let StoreError::Manifest { .. } = se {
+                    return Exit::VerifyFailed;
+                }
+            }
+            if let Some(se) = cause.downcast_ref::<StageError>() {
+                if se.is_not_found() {
+                    return Exit::NotFound;
+                }
+            }
         }
+        Exit::Error
     }
 }
 

@@ -5,6 +5,7 @@ mod args;
 mod commands;
 mod daemon;
 mod daemonize;
+mod drain_cmd;
 mod exit;
 mod fuse;
 mod mount_cmd;

@@ -13,7 +13,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let bytes = m.to_bytes();
     match Manifest::parse(&bytes) {
-        Ok(again) => assert_eq!(again, m, "re-parse differs; serialized: {}", String::from_utf8_lossy(&bytes)),
+        Ok(again) => assert_eq!(
+            again,
+            m,
+            "re-parse differs; serialized: {}",
+            String::from_utf8_lossy(&bytes)
+        ),
         Err(e) => panic!(
             "an accepted manifest is refused once re-serialized: {e}; serialized: {}",
             String::from_utf8_lossy(&bytes)

@@ -53,6 +53,88 @@ pub struct Config {
     pub store: StoreConfig,
     pub io: IoConfig,
     pub mount: MountConfig,
+    pub drain: DrainConfig,
+    pub pfs: PfsConfig,
+    pub dr: DrConfig,
+}
+
+/// `[drain]`: how complete sets move to the lower tiers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrainConfig {
+    /// Random delay before a set starts draining, so a thousand nodes that
+    /// commit at once do not hit the parallel filesystem at once.
+    pub jitter: String,
+    /// First retry delay after a failure; doubles up to `backoff_max`.
+    pub backoff_min: String,
+    pub backoff_max: String,
+    /// Evict drained sets when the cache filesystem is fuller than this
+    /// (percent), down to `low_watermark`.
+    pub high_watermark: u8,
+    pub low_watermark: u8,
+}
+
+impl Default for DrainConfig {
+    fn default() -> Self {
+        Self {
+            jitter: "2s".into(),
+            backoff_min: "1s".into(),
+            backoff_max: "5m".into(),
+            high_watermark: 90,
+            low_watermark: 75,
+        }
+    }
+}
+
+/// `[pfs]`: the parallel-filesystem tier (a POSIX directory). Off unless
+/// `dir` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PfsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// Complete sets kept per job on this tier; 0 keeps all.
+    pub keep: usize,
+    /// Bytes per second; 0 is unlimited.
+    pub rate: ByteSize,
+}
+
+impl Default for PfsConfig {
+    fn default() -> Self {
+        Self {
+            dir: None,
+            keep: 5,
+            rate: ByteSize::b(0),
+        }
+    }
+}
+
+/// `[dr]`: the disaster-recovery site (`ckptfs serve`). Off unless
+/// `address` is set.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DrConfig {
+    /// `host:port` of a `ckptfs serve`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Shared key file (mode 0600).
+    pub key: PathBuf,
+    pub keep: usize,
+    pub rate: ByteSize,
+    /// zstd level for chunks on the wire and at rest (1–19).
+    pub zstd_level: i32,
+}
+
+impl Default for DrConfig {
+    fn default() -> Self {
+        Self {
+            address: None,
+            key: PathBuf::from("/etc/ckptfs/dr.key"),
+            keep: 10,
+            rate: ByteSize::b(0),
+            zstd_level: 3,
+        }
+    }
 }
 
 /// `[mount]`: the FUSE filesystem at /ckpt.
@@ -110,6 +192,9 @@ impl Default for Config {
             store: StoreConfig::default(),
             io: IoConfig::default(),
             mount: MountConfig::default(),
+            drain: DrainConfig::default(),
+            pfs: PfsConfig::default(),
+            dr: DrConfig::default(),
         }
     }
 }
@@ -150,6 +235,19 @@ pub struct Overrides {
     pub mount_threads: Option<usize>,
     /// `JOB=DURATION` pairs, added to (or replacing) the file's.
     pub mount_idle_commit: Vec<(String, String)>,
+    pub pfs: Option<PathBuf>,
+    pub pfs_keep: Option<usize>,
+    pub pfs_rate: Option<ByteSize>,
+    pub dr: Option<String>,
+    pub dr_key: Option<PathBuf>,
+    pub dr_keep: Option<usize>,
+    pub dr_rate: Option<ByteSize>,
+    pub dr_zstd_level: Option<i32>,
+    pub drain_jitter: Option<String>,
+    pub drain_backoff_min: Option<String>,
+    pub drain_backoff_max: Option<String>,
+    pub drain_high_watermark: Option<u8>,
+    pub drain_low_watermark: Option<u8>,
 }
 
 /// Where the configuration in force came from, for `status` and errors.
@@ -249,6 +347,25 @@ impl Config {
         for (job, t) in &o.mount_idle_commit {
             self.mount.idle_commit.insert(job.clone(), t.clone());
         }
+        if let Some(v) = &o.pfs {
+            self.pfs.dir = Some(std::path::absolute(v).unwrap_or_else(|_| v.clone()));
+        }
+        set(&mut self.pfs.keep, o.pfs_keep);
+        set(&mut self.pfs.rate, o.pfs_rate);
+        if let Some(v) = &o.dr {
+            self.dr.address = Some(v.clone());
+        }
+        if let Some(v) = &o.dr_key {
+            self.dr.key = std::path::absolute(v).unwrap_or_else(|_| v.clone());
+        }
+        set(&mut self.dr.keep, o.dr_keep);
+        set(&mut self.dr.rate, o.dr_rate);
+        set(&mut self.dr.zstd_level, o.dr_zstd_level);
+        set(&mut self.drain.jitter, o.drain_jitter.clone());
+        set(&mut self.drain.backoff_min, o.drain_backoff_min.clone());
+        set(&mut self.drain.backoff_max, o.drain_backoff_max.clone());
+        set(&mut self.drain.high_watermark, o.drain_high_watermark);
+        set(&mut self.drain.low_watermark, o.drain_low_watermark);
         self.check(|key| (format!("--{}", flag_of(key)), key))?;
         Ok(self)
     }
@@ -300,6 +417,44 @@ impl Config {
                 format!("{} is outside 1..=64", self.mount.threads),
             );
         }
+        for (key, value) in [
+            ("drain.jitter", &self.drain.jitter),
+            ("drain.backoff_min", &self.drain.backoff_min),
+            ("drain.backoff_max", &self.drain.backoff_max),
+        ] {
+            if humantime::parse_duration(value).is_err() {
+                return fail(
+                    key,
+                    format!("{value:?} is not a duration (e.g. \"2s\", \"5m\")"),
+                );
+            }
+        }
+        let (hi, lo) = (self.drain.high_watermark, self.drain.low_watermark);
+        if hi > 100 || lo >= hi {
+            return fail(
+                "drain.high_watermark",
+                format!("high {hi}% and low {lo}% must satisfy low < high <= 100"),
+            );
+        }
+        if let Some(dir) = &self.pfs.dir {
+            if !dir.is_absolute() {
+                return fail(
+                    "pfs.dir",
+                    format!("{} is not an absolute path", dir.display()),
+                );
+            }
+        }
+        if let Some(addr) = &self.dr.address {
+            if !addr.contains(':') {
+                return fail("dr.address", format!("{addr:?} is not HOST:PORT"));
+            }
+        }
+        if !(1..=19).contains(&self.dr.zstd_level) {
+            return fail(
+                "dr.zstd_level",
+                format!("{} is outside 1..=19", self.dr.zstd_level),
+            );
+        }
         for (job, t) in &self.mount.idle_commit {
             if job != "*" && crate::path::JobName::new(job.as_str()).is_err() {
                 return fail(
@@ -339,7 +494,20 @@ impl Config {
         StoreOptions {
             chunk_size: self.store.chunk_size.as_u64(),
             keep: self.store.keep,
+            required_tiers: self.tier_names(),
         }
+    }
+
+    /// The lower tiers configured, by their journal names.
+    pub fn tier_names(&self) -> Vec<String> {
+        let mut t = Vec::new();
+        if self.pfs.dir.is_some() {
+            t.push("pfs".to_owned());
+        }
+        if self.dr.address.is_some() {
+            t.push("dr".to_owned());
+        }
+        t
     }
 
     /// The configuration as a TOML file (for `ckptfs config`).
@@ -348,12 +516,28 @@ impl Config {
     }
 }
 
+fn set<T>(slot: &mut T, v: Option<T>) {
+    if let Some(v) = v {
+        *slot = v;
+    }
+}
+
+/// A duration key, checked at load.
+pub fn duration(v: &str) -> std::time::Duration {
+    humantime::parse_duration(v).unwrap_or_default()
+}
+
 /// The flag that sets `key`: `store.chunk_size` → `chunk-size`,
 /// `io.queue_depth` → `io-queue-depth`.
 pub fn flag_of(key: &str) -> String {
-    key.trim_start_matches("store.")
-        .trim_start_matches("mount.")
-        .replace(['.', '_'], "-")
+    let k = key
+        .trim_start_matches("store.")
+        .trim_start_matches("mount.");
+    match k {
+        "pfs.dir" => "pfs".into(),
+        "dr.address" => "dr".into(),
+        _ => k.replace(['.', '_'], "-"),
+    }
 }
 
 // Keep the default in one place: the chunk module's constant.

@@ -57,6 +57,9 @@ impl LiveError {
 
 type Key = (JobName, SetName);
 
+/// Called after a set is committed.
+pub type CommitHook = Box<dyn Fn(&JobName, &SetName) + Send + Sync>;
+
 /// A set's state as the mount shows it (`user.ckptfs.state`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -117,6 +120,8 @@ struct Shared {
     /// Job → idle time after which its sets are committed ("*" = any job).
     idle_rules: BTreeMap<String, Duration>,
     sealer: rayon::ThreadPool,
+    /// Told after every commit (the drain wakes up).
+    on_commit: Mutex<Vec<CommitHook>>,
 }
 
 /// The daemon's live sets. Cheap to clone.
@@ -151,12 +156,22 @@ impl LiveSets {
                 sealed: Condvar::new(),
                 idle_rules,
                 sealer,
+                on_commit: Mutex::new(Vec::new()),
             }),
         })
     }
 
     pub fn store(&self) -> &Store {
         &self.shared.store
+    }
+
+    /// Call `f` after every successful commit.
+    pub fn on_commit(&self, f: CommitHook) {
+        self.shared
+            .on_commit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(f);
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<Key, LiveSet>> {
@@ -386,8 +401,21 @@ impl LiveSets {
         // Committing reads unsealed files; nobody can open the set for
         // writing meanwhile because it is no longer live.
         let result = live.writer.commit();
-        if let Err(e) = &result {
-            tracing::warn!(job = %job, set = %set, error = %e, "commit failed; the set stays incomplete");
+        match &result {
+            Ok(_) => {
+                for f in self
+                    .shared
+                    .on_commit
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .iter()
+                {
+                    f(job, set);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(job = %job, set = %set, error = %e, "commit failed; the set stays incomplete")
+            }
         }
         Ok(result?)
     }

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -131,6 +131,9 @@ pub struct StoreOptions {
     pub chunk_size: u64,
     /// Complete sets kept per job after each commit; 0 keeps all.
     pub keep: usize,
+    /// Lower tiers every set must reach before retention or eviction may
+    /// remove it from the cache (names as in the drain journal).
+    pub required_tiers: Vec<String>,
 }
 
 impl Default for StoreOptions {
@@ -138,6 +141,7 @@ impl Default for StoreOptions {
         Self {
             chunk_size: crate::chunk::DEFAULT_CHUNK_SIZE,
             keep: 3,
+            required_tiers: Vec::new(),
         }
     }
 }
@@ -227,7 +231,9 @@ impl Store {
         self.inner.root.join(job).join(set)
     }
 
-    fn meta_dir(&self, job: &JobName, set: &SetName) -> PathBuf {
+    /// `<root>/.ckptfs/sets/<job>/<set>`: the set's metadata (manifest,
+    /// writer record, drain journal).
+    pub fn meta_dir(&self, job: &JobName, set: &SetName) -> PathBuf {
         self.inner.sets_meta.join(job).join(set)
     }
 
@@ -628,6 +634,11 @@ impl Store {
         let sets = self.sets(job)?;
         let mut report = RetentionReport::default();
         for set in (Retention { keep }).plan(&sets) {
+            let complete = sets.iter().any(|s| s.set == set && s.is_complete());
+            if complete && !self.drained_everywhere(job, &set) {
+                // The only copy not yet safe off the node: keep it.
+                continue;
+            }
             match self.delete_set(job, &set) {
                 Ok(()) => {
                     tracing::info!(job = %job, set = %set, "retention removed set");
@@ -637,6 +648,61 @@ impl Store {
             }
         }
         Ok(report)
+    }
+
+    /// Bring a set fetched from a lower tier into the cache as a complete
+    /// set: `staged` (a directory on the cache's filesystem holding the
+    /// verified files) is renamed into place and `manifest` (the original,
+    /// with its creation time and host) is written last. `from` names the
+    /// tier it came from: it is recorded as drained there.
+    pub fn import(&self, manifest: &Manifest, staged: &Path, from: &str) -> Result<()> {
+        let (job, set) = (&manifest.job, &manifest.set);
+        if self.info(job, set)?.is_some() {
+            return Err(StoreError::SetExists {
+                job: job.clone(),
+                set: set.clone(),
+            });
+        }
+        let meta = self.meta_dir(job, set);
+        durable::create_dir_all_durable(&meta, PUBLIC_DIR_MODE)?;
+        let lock = self.take_writer(&meta, manifest.created)?;
+        let data = self.set_dir(job, set);
+        durable::create_dir_all_durable(&self.inner.root.join(job), PUBLIC_DIR_MODE)?;
+        fs::rename(staged, &data).at("moving the staged set into", &data)?;
+        fs::set_permissions(&data, fs::Permissions::from_mode(SET_DIR_MODE))
+            .at("setting the mode of", &data)?;
+        for d in walk(&data)?.dirs.iter().rev() {
+            durable::sync_dir(d)?;
+        }
+        durable::sync_parent(&data)?;
+        let done = crate::drain::journal::Progress {
+            state: crate::drain::journal::State::Done,
+            done_at: Some(SystemTime::now()),
+            ..Default::default()
+        };
+        crate::drain::journal::save(&meta, from, &done)?;
+        durable::write_atomic(&meta.join(MANIFEST_FILE), &manifest.to_bytes(), 0o644)?;
+        let _ = fs::remove_file(meta.join(WRITER_FILE));
+        drop(lock);
+        Ok(())
+    }
+
+    /// A directory on the cache's filesystem to stage a set into before
+    /// [`Store::import`] (same filesystem: the import is a rename).
+    pub fn staging_dir(&self) -> Result<PathBuf> {
+        let dir = self.inner.root.join(META_DIR).join("staging");
+        durable::create_dir_all_durable(&dir, 0o700)?;
+        Ok(dir)
+    }
+
+    /// True when the set has reached every required lower tier.
+    pub fn drained_everywhere(&self, job: &JobName, set: &SetName) -> bool {
+        let meta = self.meta_dir(job, set);
+        self.inner
+            .opts
+            .required_tiers
+            .iter()
+            .all(|t| crate::drain::journal::is_done(&meta, t))
     }
 
     /// Commit a set directory that was written by other means (plain file

@@ -35,6 +35,7 @@ fn open(root: &Path, kind: EngineKind, keep: usize) -> Store {
         StoreOptions {
             chunk_size: 64 * 1024,
             keep,
+            ..Default::default()
         },
     )
     .unwrap()

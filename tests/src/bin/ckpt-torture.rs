@@ -32,6 +32,7 @@ fn main() -> Result<()> {
         StoreOptions {
             chunk_size: 64 * 1024,
             keep: keep.parse().context("KEEP")?,
+            ..Default::default()
         },
     )?;
     let job = JobName::new(job.as_str())?;

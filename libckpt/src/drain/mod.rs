@@ -1,0 +1,690 @@
+//! The drain: complete sets trickle from the cache to every lower tier, in
+//! the background, verified, paced, retried.
+//!
+//! One worker thread per tier takes the oldest complete set that tier lacks,
+//! waits a random jitter, pushes it (the journal makes a push resumable),
+//! and on success applies the tier's keep-N and the cache's retention and
+//! eviction. A failure is retried with exponential backoff; the application
+//! never waits for any of it. What is pending, in flight, done or failed,
+//! and how old the oldest undrained set is (the RPO exposure), is in
+//! [`Drain::status`].
+
+pub mod journal;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+
+use crate::path::{JobName, SetName};
+use crate::rate::RateLimiter;
+use crate::retention::Retention;
+use crate::set::SetInfo;
+use crate::store::Store;
+use crate::tier::{PushReport, Source, Tier, TierError};
+
+use journal::{JournalResume, State};
+
+/// Per-tier policy.
+#[derive(Debug, Clone)]
+pub struct TierPolicy {
+    /// Complete sets kept per job on the tier; 0 keeps all.
+    pub keep: usize,
+    /// Bytes per second; `None` is unlimited.
+    pub rate: Option<u64>,
+}
+
+/// Engine-wide timing and eviction.
+#[derive(Debug, Clone)]
+pub struct DrainOptions {
+    pub jitter: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// Cache fill (percent) above which drained sets are evicted…
+    pub high_watermark: u8,
+    /// …down to this.
+    pub low_watermark: u8,
+}
+
+impl Default for DrainOptions {
+    fn default() -> Self {
+        DrainOptions {
+            jitter: Duration::from_secs(2),
+            backoff_min: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            high_watermark: 90,
+            low_watermark: 75,
+        }
+    }
+}
+
+impl DrainOptions {
+    pub fn from_config(c: &crate::config::Config) -> DrainOptions {
+        use crate::config::duration;
+        DrainOptions {
+            jitter: duration(&c.drain.jitter),
+            backoff_min: duration(&c.drain.backoff_min),
+            backoff_max: duration(&c.drain.backoff_max),
+            high_watermark: c.drain.high_watermark,
+            low_watermark: c.drain.low_watermark,
+        }
+    }
+}
+
+/// The lower tiers the configuration names, in drain and restore order
+/// (the parallel filesystem first: nearer, faster to restore from).
+/// Tiers with their policies, in drain order.
+pub type Tiers = Vec<(Arc<dyn Tier>, TierPolicy)>;
+
+type Listener = Box<dyn Fn(&Event) + Send>;
+
+pub fn tiers_from_config(c: &crate::config::Config) -> Result<Tiers, TierError> {
+    let rate = |b: bytesize::ByteSize| Some(b.as_u64()).filter(|r| *r > 0);
+    let mut out: Tiers = Vec::new();
+    if let Some(dir) = &c.pfs.dir {
+        out.push((
+            Arc::new(crate::tier::pfs::PfsTier::new(dir)),
+            TierPolicy {
+                keep: c.pfs.keep,
+                rate: rate(c.pfs.rate),
+            },
+        ));
+    }
+    if let Some(addr) = &c.dr.address {
+        out.push((
+            dr_tier(addr, &c.dr.key, c.dr.zstd_level)?,
+            TierPolicy {
+                keep: c.dr.keep,
+                rate: rate(c.dr.rate),
+            },
+        ));
+    }
+    Ok(out)
+}
+
+// TEMPORARY until libckpt::dr lands (replaced before commit).
+fn dr_tier(addr: &str, _key: &std::path::Path, _level: i32) -> Result<Arc<dyn Tier>, TierError> {
+    Err(TierError::Refused {
+        tier: "dr".into(),
+        message: format!("{addr}: not built yet"),
+    })
+}
+
+type Key = (JobName, SetName);
+
+#[derive(Debug, Clone)]
+struct Retry {
+    next: Instant,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct InFlight {
+    job: JobName,
+    set: SetName,
+    bytes: u64,
+    #[serde(skip)]
+    started: Instant,
+    #[serde(skip)]
+    taken_at_start: u64,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    in_flight: Option<InFlight>,
+    retry: HashMap<Key, Retry>,
+    last_error: Option<String>,
+    bytes_sent: u64,
+    sets_done: u64,
+    /// Bytes per second of the last completed push.
+    last_rate: Option<f64>,
+}
+
+struct Slot {
+    tier: Arc<dyn Tier>,
+    policy: TierPolicy,
+    limiter: RateLimiter,
+    state: Mutex<SlotState>,
+}
+
+impl Slot {
+    fn state(&self) -> MutexGuard<'_, SlotState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// One set waiting for (or failing to reach) a tier.
+#[derive(Debug, Clone, Serialize)]
+pub struct PendingSet {
+    pub job: JobName,
+    pub set: SetName,
+    pub bytes: u64,
+    /// pending | in_flight | failed
+    pub state: &'static str,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+    /// Seconds since the set was committed: how much work is exposed.
+    pub age_seconds: u64,
+    pub retry_in_seconds: Option<u64>,
+}
+
+/// One tier, as `ckptfs status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct TierStatus {
+    pub tier: String,
+    pub location: String,
+    pub rate_limit: Option<u64>,
+    pub pending: Vec<PendingSet>,
+    pub bytes_pending: u64,
+    /// Bytes of the set in flight already sent.
+    pub in_flight_bytes_done: Option<u64>,
+    /// Bytes per second: of the push in flight, else of the last one.
+    pub current_rate: Option<f64>,
+    /// Age of the oldest complete set not yet on this tier (seconds).
+    pub rpo_exposure_seconds: Option<u64>,
+    pub sets_done: u64,
+    pub bytes_sent: u64,
+    pub last_error: Option<String>,
+}
+
+/// What happened to one set, for `ckptfs drain --wait` and logs.
+#[derive(Debug, Clone)]
+pub enum Event {
+    Done {
+        tier: String,
+        job: JobName,
+        set: SetName,
+        report: PushReport,
+    },
+    Failed {
+        tier: String,
+        job: JobName,
+        set: SetName,
+        error: String,
+        transient: bool,
+    },
+}
+
+pub struct Drain {
+    store: Store,
+    slots: Vec<Slot>,
+    opts: DrainOptions,
+    wake: Mutex<u64>,
+    cv: Condvar,
+    stop: AtomicBool,
+    listeners: Mutex<Vec<Listener>>,
+}
+
+fn rand_fraction() -> f64 {
+    rand::random::<f64>()
+}
+
+impl Drain {
+    pub fn new(store: Store, tiers: Tiers, opts: DrainOptions) -> Arc<Drain> {
+        let slots = tiers
+            .into_iter()
+            .map(|(tier, policy)| Slot {
+                limiter: RateLimiter::new(policy.rate),
+                tier,
+                policy,
+                state: Mutex::new(SlotState::default()),
+            })
+            .collect();
+        Arc::new(Drain {
+            store,
+            slots,
+            opts,
+            wake: Mutex::new(0),
+            cv: Condvar::new(),
+            stop: AtomicBool::new(false),
+            listeners: Mutex::new(Vec::new()),
+        })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn tiers(&self) -> Vec<Arc<dyn Tier>> {
+        self.slots.iter().map(|s| s.tier.clone()).collect()
+    }
+
+    /// Be told of every set drained or failed.
+    pub fn subscribe(&self, f: Box<dyn Fn(&Event) + Send>) {
+        self.listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(f);
+    }
+
+    fn emit(&self, e: Event) {
+        for f in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            f(&e);
+        }
+    }
+
+    /// Start one worker per tier.
+    pub fn start(self: &Arc<Self>) -> Vec<JoinHandle<()>> {
+        (0..self.slots.len())
+            .filter_map(|i| {
+                let this = self.clone();
+                std::thread::Builder::new()
+                    .name(format!("ckptfs-drain-{}", self.slots[i].tier.name()))
+                    .spawn(move || this.worker(i))
+                    .ok()
+            })
+            .collect()
+    }
+
+    /// A set was committed: look again now.
+    pub fn notify(&self) {
+        *self.wake.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.cv.notify_all();
+    }
+
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.notify();
+    }
+
+    /// Sleep up to `d`, returning early on notify or shutdown.
+    fn pause(&self, d: Duration) {
+        let guard = self.wake.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = *guard;
+        let _ = self.cv.wait_timeout_while(guard, d, |n| {
+            *n == seen && !self.stop.load(Ordering::Relaxed)
+        });
+    }
+
+    fn worker(&self, i: usize) {
+        let slot = &self.slots[i];
+        tracing::info!(tier = slot.tier.name(), location = %slot.tier.location(), "drain started");
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.next_for(slot, None) {
+                Some(info) => {
+                    let first = !slot
+                        .state()
+                        .retry
+                        .contains_key(&(info.job.clone(), info.set.clone()));
+                    if first && !self.opts.jitter.is_zero() {
+                        // Spread a thousand nodes' simultaneous commits.
+                        self.pause(self.opts.jitter.mul_f64(rand_fraction()));
+                        if self.stop.load(Ordering::Relaxed) {
+                            break;
+                        }
+                    }
+                    self.attempt(slot, &info);
+                }
+                None => self.pause(self.idle_wait(slot)),
+            }
+        }
+    }
+
+    /// Until the next retry is due, at most a few seconds (new commits
+    /// wake the worker anyway).
+    fn idle_wait(&self, slot: &Slot) -> Duration {
+        let now = Instant::now();
+        slot.state()
+            .retry
+            .values()
+            .map(|r| r.next.saturating_duration_since(now))
+            .min()
+            .unwrap_or(Duration::from_secs(5))
+            .clamp(Duration::from_millis(50), Duration::from_secs(5))
+    }
+
+    /// Complete sets in the cache that `slot`'s tier lacks, oldest first.
+    fn undrained(&self, slot: &Slot, job: Option<&JobName>) -> Vec<SetInfo> {
+        let jobs = match job {
+            Some(j) => vec![j.clone()],
+            None => self.store.jobs().unwrap_or_default(),
+        };
+        let mut out: Vec<SetInfo> = jobs
+            .iter()
+            .flat_map(|j| self.store.sets(j).unwrap_or_default())
+            .filter(|s| s.is_complete())
+            .filter(|s| !journal::is_done(&self.store.meta_dir(&s.job, &s.set), slot.tier.name()))
+            .collect();
+        out.sort_by(|a, b| a.age_key().cmp(&b.age_key()));
+        out
+    }
+
+    fn next_for(&self, slot: &Slot, job: Option<&JobName>) -> Option<SetInfo> {
+        let now = Instant::now();
+        let st = slot.state();
+        let retry = st.retry.clone();
+        drop(st);
+        self.undrained(slot, job).into_iter().find(|s| {
+            retry
+                .get(&(s.job.clone(), s.set.clone()))
+                .is_none_or(|r| r.next <= now)
+        })
+    }
+
+    fn backoff(&self, attempts: u32) -> Duration {
+        let exp = self
+            .opts
+            .backoff_min
+            .saturating_mul(1u32 << attempts.saturating_sub(1).min(20));
+        let d = exp.min(self.opts.backoff_max);
+        // Between half and all of it: nodes that failed together do not
+        // retry together.
+        d.mul_f64(0.5 + 0.5 * rand_fraction())
+    }
+
+    /// One push of one set to one tier, journaled.
+    fn attempt(&self, slot: &Slot, info: &SetInfo) {
+        let tier = slot.tier.name().to_owned();
+        let key = (info.job.clone(), info.set.clone());
+        let meta = self.store.meta_dir(&info.job, &info.set);
+        let mut progress = journal::load(&meta, &tier);
+        slot.state().in_flight = Some(InFlight {
+            job: info.job.clone(),
+            set: info.set.clone(),
+            bytes: info.bytes,
+            started: Instant::now(),
+            taken_at_start: slot.limiter.taken(),
+        });
+        let result = self
+            .store
+            .manifest(&info.job, &info.set)
+            .map_err(|e| TierError::Local {
+                path: meta.clone(),
+                message: e.to_string(),
+            })
+            .and_then(|m| {
+                let src = Source {
+                    engine: self.store.engine(),
+                    manifest: &m,
+                    dir: self.store.set_dir(&info.job, &info.set),
+                };
+                let mut resume = JournalResume {
+                    meta: meta.clone(),
+                    tier: tier.clone(),
+                    progress: progress.clone(),
+                };
+                let r = slot.tier.push(&src, &slot.limiter, &mut resume);
+                progress = resume.progress;
+                r
+            });
+        let started = slot.state().in_flight.take().map(|f| f.started);
+        match result {
+            Ok(report) => {
+                progress.state = State::Done;
+                progress.last_error = None;
+                progress.done_at = Some(SystemTime::now());
+                progress.bytes_sent += report.bytes_sent;
+                progress.files_done.clear();
+                if let Err(e) = journal::save(&meta, &tier, &progress) {
+                    tracing::warn!(error = %e, "could not record a drained set; it will be checked again");
+                }
+                {
+                    let mut st = slot.state();
+                    st.retry.remove(&key);
+                    st.bytes_sent += report.bytes_sent;
+                    st.sets_done += 1;
+                    st.last_error = None;
+                    if let Some(t) = started {
+                        let secs = t.elapsed().as_secs_f64();
+                        if secs > 0.0 {
+                            st.last_rate = Some(report.bytes_read as f64 / secs);
+                        }
+                    }
+                }
+                tracing::info!(tier = %tier, job = %info.job, set = %info.set,
+                    bytes_read = report.bytes_read, bytes_sent = report.bytes_sent,
+                    skipped = report.skipped, "drained");
+                self.after_success(slot, &info.job);
+                self.emit(Event::Done {
+                    tier,
+                    job: info.job.clone(),
+                    set: info.set.clone(),
+                    report,
+                });
+            }
+            Err(e) => {
+                let transient = e.is_transient();
+                progress.attempts += 1;
+                progress.last_error = Some(e.to_string());
+                if !transient {
+                    progress.state = State::Failed;
+                }
+                let _ = journal::save(&meta, &tier, &progress);
+                let wait = if transient {
+                    self.backoff(progress.attempts)
+                } else {
+                    self.opts.backoff_max
+                };
+                {
+                    let mut st = slot.state();
+                    st.retry.insert(
+                        key,
+                        Retry {
+                            next: Instant::now() + wait,
+                        },
+                    );
+                    st.last_error = Some(e.to_string());
+                }
+                tracing::warn!(tier = %tier, job = %info.job, set = %info.set, error = %e,
+                    retry_in = ?wait, "drain failed");
+                self.emit(Event::Failed {
+                    tier,
+                    job: info.job.clone(),
+                    set: info.set.clone(),
+                    error: e.to_string(),
+                    transient,
+                });
+            }
+        }
+    }
+
+    /// Keep-N on the tier, retention and eviction in the cache.
+    fn after_success(&self, slot: &Slot, job: &JobName) {
+        if slot.policy.keep > 0 {
+            match slot.tier.sets(job) {
+                Ok(sets) => {
+                    let infos: Vec<SetInfo> = sets
+                        .iter()
+                        .map(|t| SetInfo {
+                            job: t.job.clone(),
+                            set: t.set.clone(),
+                            state: crate::set::SetState::Complete,
+                            created: t.created,
+                            bytes: t.bytes,
+                            files: t.files,
+                        })
+                        .collect();
+                    for set in (Retention {
+                        keep: slot.policy.keep,
+                    })
+                    .plan(&infos)
+                    {
+                        match slot.tier.delete(job, &set) {
+                            Ok(()) => {
+                                tracing::info!(tier = slot.tier.name(), job = %job, set = %set, "retention removed set from tier")
+                            }
+                            Err(e) => {
+                                tracing::warn!(tier = slot.tier.name(), job = %job, set = %set, error = %e, "tier retention failed")
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(tier = slot.tier.name(), error = %e, "listing for retention failed")
+                }
+            }
+        }
+        let keep = self.store.options().keep;
+        if keep > 0 {
+            if let Err(e) = self.store.apply_retention(job, keep) {
+                tracing::warn!(job = %job, error = %e, "cache retention failed");
+            }
+        }
+        self.evict();
+    }
+
+    /// Above the high watermark, remove complete sets that every tier
+    /// holds, least recently used first, down to the low watermark. Never
+    /// an undrained set: it may be the only copy.
+    pub fn evict(&self) -> Vec<(JobName, SetName)> {
+        let mut evicted = Vec::new();
+        if self.slots.is_empty() {
+            return evicted;
+        }
+        let used = |s: &crate::statfs::Space| {
+            if s.total == 0 {
+                0.0
+            } else {
+                100.0 * (s.total - s.free) as f64 / s.total as f64
+            }
+        };
+        let Ok(space) = crate::statfs::space(self.store.root()) else {
+            return evicted;
+        };
+        if used(&space) <= f64::from(self.opts.high_watermark) {
+            return evicted;
+        }
+        let mut candidates: Vec<(SystemTime, SetInfo)> = self
+            .store
+            .jobs()
+            .unwrap_or_default()
+            .iter()
+            .flat_map(|j| self.store.sets(j).unwrap_or_default())
+            .filter(|s| s.is_complete() && self.store.drained_everywhere(&s.job, &s.set))
+            .map(|s| (last_used(&self.store, &s), s))
+            .collect();
+        candidates.sort_by_key(|c| c.0);
+        for (_, s) in candidates {
+            match crate::statfs::space(self.store.root()) {
+                Ok(sp) if used(&sp) > f64::from(self.opts.low_watermark) => {}
+                _ => break,
+            }
+            if self.store.delete_set(&s.job, &s.set).is_ok() {
+                tracing::info!(job = %s.job, set = %s.set, "evicted from the cache (held by every tier)");
+                evicted.push((s.job, s.set));
+            }
+        }
+        evicted
+    }
+
+    /// Per tier: what is pending, in flight, failed; rates; RPO exposure.
+    pub fn status(&self) -> Vec<TierStatus> {
+        let now = Instant::now();
+        let wall = SystemTime::now();
+        self.slots
+            .iter()
+            .map(|slot| {
+                let st = slot.state();
+                let in_flight = st.in_flight.clone();
+                let retry = st.retry.clone();
+                let (last_error, bytes_sent, sets_done, last_rate) = (
+                    st.last_error.clone(),
+                    st.bytes_sent,
+                    st.sets_done,
+                    st.last_rate,
+                );
+                drop(st);
+                let pending: Vec<PendingSet> = self
+                    .undrained(slot, None)
+                    .into_iter()
+                    .map(|s| {
+                        let p =
+                            journal::load(&self.store.meta_dir(&s.job, &s.set), slot.tier.name());
+                        let committed = self
+                            .store
+                            .manifest(&s.job, &s.set)
+                            .map(|m| m.committed)
+                            .unwrap_or(s.created);
+                        let flying = in_flight
+                            .as_ref()
+                            .is_some_and(|f| f.job == s.job && f.set == s.set);
+                        let r = retry.get(&(s.job.clone(), s.set.clone()));
+                        PendingSet {
+                            state: if flying {
+                                "in_flight"
+                            } else if p.state == State::Failed {
+                                "failed"
+                            } else {
+                                "pending"
+                            },
+                            attempts: p.attempts,
+                            last_error: p.last_error,
+                            age_seconds: wall
+                                .duration_since(committed)
+                                .unwrap_or_default()
+                                .as_secs(),
+                            retry_in_seconds: r
+                                .filter(|_| !flying)
+                                .map(|r| r.next.saturating_duration_since(now).as_secs()),
+                            job: s.job,
+                            set: s.set,
+                            bytes: s.bytes,
+                        }
+                    })
+                    .collect();
+                let done_in_flight = in_flight
+                    .as_ref()
+                    .map(|f| slot.limiter.taken().saturating_sub(f.taken_at_start));
+                let current_rate = match (&in_flight, done_in_flight) {
+                    (Some(f), Some(done)) if f.started.elapsed().as_secs_f64() > 0.5 => {
+                        Some(done as f64 / f.started.elapsed().as_secs_f64())
+                    }
+                    _ => last_rate,
+                };
+                TierStatus {
+                    tier: slot.tier.name().to_owned(),
+                    location: slot.tier.location(),
+                    rate_limit: slot.policy.rate,
+                    bytes_pending: pending.iter().map(|p| p.bytes).sum::<u64>()
+                        - done_in_flight
+                            .unwrap_or(0)
+                            .min(pending.iter().map(|p| p.bytes).sum()),
+                    rpo_exposure_seconds: pending.iter().map(|p| p.age_seconds).max(),
+                    pending,
+                    in_flight_bytes_done: done_in_flight,
+                    current_rate,
+                    sets_done,
+                    bytes_sent,
+                    last_error,
+                }
+            })
+            .collect()
+    }
+
+    /// Sets of `job` (every job when `None`) not yet on every tier, and
+    /// how many of those failed for good (not transient).
+    pub fn outstanding(&self, job: Option<&JobName>) -> (usize, usize) {
+        let mut pending = 0;
+        let mut failed = 0;
+        for slot in &self.slots {
+            for s in self.undrained(slot, job) {
+                pending += 1;
+                if journal::load(&self.store.meta_dir(&s.job, &s.set), slot.tier.name()).state
+                    == State::Failed
+                {
+                    failed += 1;
+                }
+            }
+        }
+        (pending, failed)
+    }
+}
+
+/// When a set was last used: its directory's access time (stage-in and
+/// restores read it), else its creation.
+fn last_used(store: &Store, s: &SetInfo) -> SystemTime {
+    std::fs::metadata(store.set_dir(&s.job, &s.set))
+        .and_then(|m| m.accessed())
+        .unwrap_or(s.created)
+        .max(s.created)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,406 @@
+//! Bringing checkpoints back: find the newest complete set on any tier,
+//! restore it to a directory, or stage it into the cache, verifying every
+//! chunk on the way. A corrupt copy on one tier is reported and the next
+//! tier is tried.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::manifest::Manifest;
+use crate::path::{JobName, SetName};
+use crate::store::{Store, StoreError};
+use crate::tier::{copy_verified, Tier, TierError};
+
+/// Where restores may come from: "cache" or a tier's name.
+pub const CACHE: &str = "cache";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    #[error("no complete set of job {job} on {searched}")]
+    NoSet { job: JobName, searched: String },
+    #[error("set {job}/{set} could not be restored: {}", .attempts.join("; "))]
+    AllFailed {
+        job: JobName,
+        set: SetName,
+        attempts: Vec<String>,
+    },
+    #[error("unknown source {0:?}: expected cache or a configured tier")]
+    UnknownSource(String),
+    #[error("{path}: {message}")]
+    Destination { path: PathBuf, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl StageError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StageError::NoSet { .. })
+    }
+}
+
+/// One complete set and the places that hold it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Located {
+    pub job: JobName,
+    pub set: SetName,
+    #[serde(with = "humantime_serde")]
+    pub created: SystemTime,
+    pub bytes: u64,
+    /// "cache" first, then tiers in their configured order.
+    pub sources: Vec<String>,
+}
+
+/// Every complete set of `job` on the cache and the tiers, oldest first.
+/// A tier that cannot be reached is skipped (and logged): restart must not
+/// fail because one tier is down.
+pub fn locate(store: &Store, tiers: &[Arc<dyn Tier>], job: &JobName) -> Vec<Located> {
+    let mut out: Vec<Located> = Vec::new();
+    let mut add = |set: &SetName, created: SystemTime, bytes: u64, source: &str| match out
+        .iter_mut()
+        .find(|l| &l.set == set)
+    {
+        Some(l) => l.sources.push(source.to_owned()),
+        None => out.push(Located {
+            job: job.clone(),
+            set: set.clone(),
+            created,
+            bytes,
+            sources: vec![source.to_owned()],
+        }),
+    };
+    for s in store.sets(job).unwrap_or_default() {
+        if s.is_complete() {
+            add(&s.set, s.created, s.bytes, CACHE);
+        }
+    }
+    for t in tiers {
+        match t.sets(job) {
+            Ok(sets) => {
+                for s in sets {
+                    add(&s.set, s.created, s.bytes, t.name());
+                }
+            }
+            Err(e) => {
+                tracing::warn!(tier = t.name(), error = %e, "tier skipped while looking for sets")
+            }
+        }
+    }
+    out.sort_by(|a, b| (a.created, &a.set).cmp(&(b.created, &b.set)));
+    out
+}
+
+/// The newest complete set of `job` anywhere.
+pub fn latest(store: &Store, tiers: &[Arc<dyn Tier>], job: &JobName) -> Option<Located> {
+    locate(store, tiers, job).pop()
+}
+
+fn sources<'a>(
+    tiers: &'a [Arc<dyn Tier>],
+    from: Option<&str>,
+) -> Result<Vec<Option<&'a Arc<dyn Tier>>>, StageError> {
+    match from {
+        None => Ok(std::iter::once(None)
+            .chain(tiers.iter().map(Some))
+            .collect()),
+        Some(CACHE) => Ok(vec![None]),
+        Some(name) => tiers
+            .iter()
+            .find(|t| t.name() == name)
+            .map(|t| vec![Some(t)])
+            .ok_or_else(|| StageError::UnknownSource(name.to_owned())),
+    }
+}
+
+/// What to restore, and where to.
+#[derive(Debug, Clone, Copy)]
+pub struct RestoreRequest<'a> {
+    pub job: &'a JobName,
+    /// The newest complete set when `None`.
+    pub set: Option<&'a SetName>,
+    pub to: &'a Path,
+    /// "cache", a tier's name, or `None` for the cache then each tier.
+    pub from: Option<&'a str>,
+}
+
+/// Restore `set` (the newest complete one when `None`) of `job` into `to`
+/// (created; must be empty if it exists), from `from` or, by default, the
+/// cache and then each tier in order. Returns the manifest and the source
+/// used; every failed source is passed to `report`.
+pub fn restore(
+    store: &Store,
+    tiers: &[Arc<dyn Tier>],
+    req: &RestoreRequest<'_>,
+    progress: &dyn Fn(u64),
+    report: &mut dyn FnMut(&str),
+) -> Result<(Manifest, String), StageError> {
+    let RestoreRequest { job, set, to, from } = *req;
+    let candidates = sources(tiers, from)?;
+    let set = match set {
+        Some(s) => s.clone(),
+        None => {
+            let found = match from {
+                Some(CACHE) => store.latest(job)?.map(|s| s.set),
+                Some(_) => candidates
+                    .iter()
+                    .flatten()
+                    .filter_map(|t| t.sets(job).ok())
+                    .flatten()
+                    .max_by(|a, b| (a.created, &a.set).cmp(&(b.created, &b.set)))
+                    .map(|s| s.set),
+                None => latest(store, tiers, job).map(|l| l.set),
+            };
+            found.ok_or_else(|| StageError::NoSet {
+                job: job.clone(),
+                searched: from.unwrap_or("the cache or any tier").to_owned(),
+            })?
+        }
+    };
+    prepare_destination(to)?;
+    let mut attempts = Vec::new();
+    for source in candidates {
+        let result = match source {
+            None => restore_from_cache(store, job, &set, to, progress),
+            Some(t) => t.fetch(job, &set, to, store.engine(), progress),
+        };
+        let name = source.map_or(CACHE, |t| t.name());
+        match result {
+            Ok(m) => return Ok((m, name.to_owned())),
+            Err(TierError::NotFound { .. }) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                tracing::debug!(source = name, error = %msg, "restore source failed; trying the next");
+                report(&msg);
+                attempts.push(msg);
+                clear_dir(to)?;
+            }
+        }
+    }
+    if attempts.is_empty() {
+        return Err(StageError::NoSet {
+            job: job.clone(),
+            searched: format!("{} (set {set})", from.unwrap_or("the cache or any tier")),
+        });
+    }
+    Err(StageError::AllFailed {
+        job: job.clone(),
+        set,
+        attempts,
+    })
+}
+
+fn restore_from_cache(
+    store: &Store,
+    job: &JobName,
+    set: &SetName,
+    to: &Path,
+    progress: &dyn Fn(u64),
+) -> Result<Manifest, TierError> {
+    let info = store
+        .info(job, set)
+        .map_err(|e| TierError::local(store.root(), e))?;
+    if !info.as_ref().is_some_and(|i| i.is_complete()) {
+        return Err(TierError::NotFound {
+            tier: CACHE.into(),
+            job: job.clone(),
+            set: set.clone(),
+        });
+    }
+    let m = store
+        .manifest(job, set)
+        .map_err(|e| TierError::local(store.root(), e))?;
+    copy_verified(
+        CACHE,
+        &store.set_dir(job, set),
+        &m,
+        to,
+        store.engine(),
+        progress,
+    )?;
+    Ok(m)
+}
+
+fn prepare_destination(to: &Path) -> Result<(), StageError> {
+    let fail = |message: String| StageError::Destination {
+        path: to.to_owned(),
+        message,
+    };
+    match std::fs::read_dir(to) {
+        Ok(mut rd) => {
+            if rd.next().is_some() {
+                return Err(fail("the directory is not empty".into()));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(to).map_err(|e| fail(e.to_string()))
+        }
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+/// Undo a failed attempt's partial files before the next source.
+fn clear_dir(to: &Path) -> Result<(), StageError> {
+    let rd = std::fs::read_dir(to).map_err(|e| StageError::Destination {
+        path: to.to_owned(),
+        message: e.to_string(),
+    })?;
+    for entry in rd.flatten() {
+        let p = entry.path();
+        let _ = if p.is_dir() {
+            std::fs::remove_dir_all(&p)
+        } else {
+            std::fs::remove_file(&p)
+        };
+    }
+    Ok(())
+}
+
+/// Bring `set` of `job` into the cache from the first tier that has an
+/// intact copy. Returns the tier used.
+pub fn stage_in(
+    store: &Store,
+    tiers: &[Arc<dyn Tier>],
+    job: &JobName,
+    set: &SetName,
+    progress: &dyn Fn(u64),
+) -> Result<String, StageError> {
+    let staging = store
+        .staging_dir()?
+        .join(format!("{job}.{set}.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    let mut attempts = Vec::new();
+    for t in tiers {
+        std::fs::create_dir_all(&staging).map_err(|e| StageError::Destination {
+            path: staging.clone(),
+            message: e.to_string(),
+        })?;
+        match t.fetch(job, set, &staging, store.engine(), progress) {
+            Ok(m) => {
+                store.import(&m, &staging, t.name())?;
+                tracing::info!(job = %job, set = %set, tier = t.name(), "staged in");
+                return Ok(t.name().to_owned());
+            }
+            Err(TierError::NotFound { .. }) => {}
+            Err(e) => {
+                tracing::warn!(tier = t.name(), error = %e, "stage-in source failed; trying the next");
+                attempts.push(e.to_string());
+            }
+        }
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    let _ = std::fs::remove_dir_all(&staging);
+    if attempts.is_empty() {
+        Err(StageError::NoSet {
+            job: job.clone(),
+            searched: format!("any tier (set {set})"),
+        })
+    } else {
+        Err(StageError::AllFailed {
+            job: job.clone(),
+            set: set.clone(),
+            attempts,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{EngineKind, IoEngine, IoOptions};
+    use crate::path::RelPath;
+    use crate::rate::RateLimiter;
+    use crate::store::StoreOptions;
+    use crate::tier::pfs::PfsTier;
+    use crate::tier::{NoResume, Source};
+
+    fn store_at(dir: &Path) -> Store {
+        let engine = Arc::new(
+            IoEngine::new(&IoOptions {
+                kind: EngineKind::Fallback,
+                ..IoOptions::default()
+            })
+            .unwrap(),
+        );
+        Store::open(
+            dir,
+            engine,
+            StoreOptions {
+                chunk_size: 64 * 1024,
+                keep: 0,
+                required_tiers: vec![],
+            },
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn restore_on_an_empty_node_falls_back_past_a_corrupt_tier() {
+        let d = tempfile::Builder::new()
+            .prefix("ckpt-stage-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let node1 = store_at(&d.path().join("node1"));
+        let job = JobName::new("j").unwrap();
+        let set = SetName::new("s1").unwrap();
+        let mut w = node1.create_set(&job, &set).unwrap();
+        let data: Vec<u8> = (0..500_000u32).map(|i| (i % 251) as u8).collect();
+        w.write_bytes(&RelPath::new("r/0.bin").unwrap(), &data)
+            .unwrap();
+        let m = w.commit().unwrap();
+        // Two PFS-like tiers hold it; the first copy gets a flipped byte.
+        let mut tiers: Vec<Arc<dyn Tier>> = Vec::new();
+        for name in ["t1", "t2"] {
+            let root = d.path().join(name);
+            std::fs::create_dir(&root).unwrap();
+            let t = PfsTier::new(&root);
+            let src = Source {
+                engine: node1.engine(),
+                manifest: &m,
+                dir: node1.set_dir(&job, &set),
+            };
+            t.push(&src, &RateLimiter::unlimited(), &mut NoResume)
+                .unwrap();
+            tiers.push(Arc::new(t));
+        }
+        let f = d.path().join("t1/j/s1/r/0.bin");
+        let mut bytes = std::fs::read(&f).unwrap();
+        bytes[300_000] ^= 0x10;
+        std::fs::write(&f, bytes).unwrap();
+
+        // A fresh node: empty cache.
+        let node2 = store_at(&d.path().join("node2"));
+        let found = latest(&node2, &tiers, &job).unwrap();
+        assert_eq!(found.set, set);
+        assert_eq!(found.sources, vec!["pfs", "pfs"]);
+        let to = d.path().join("restored");
+        let mut reports = Vec::new();
+        let req = RestoreRequest {
+            job: &job,
+            set: None,
+            to: &to,
+            from: None,
+        };
+        let (got, source) = restore(&node2, &tiers, &req, &|_| {}, &mut |r: &str| {
+            reports.push(r.to_owned())
+        })
+        .unwrap();
+        assert_eq!(got, m);
+        assert_eq!(source, "pfs");
+        assert_eq!(reports.len(), 1, "{reports:?}");
+        assert!(
+            reports[0].contains("corrupt") && reports[0].contains("chunk 4"),
+            "{reports:?}"
+        );
+        assert_eq!(std::fs::read(to.join("r/0.bin")).unwrap(), data);
+
+        // Stage-in makes it a complete set of the new node's cache.
+        let tier2: Vec<Arc<dyn Tier>> = vec![tiers[1].clone()];
+        stage_in(&node2, &tier2, &job, &set, &|_| {}).unwrap();
+        assert_eq!(node2.latest(&job).unwrap().unwrap().set, set);
+        assert!(node2.verify(&job, &set).unwrap().ok());
+        assert_eq!(node2.manifest(&job, &set).unwrap(), m);
+    }
+}

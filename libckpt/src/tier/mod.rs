@@ -1,0 +1,340 @@
+//! Lower tiers: where complete sets go to be safe off the node.
+//!
+//! One trait, written once above it: the drain (what to send when), the
+//! journal, verification, retention and status. Each tier only knows how to
+//! hold sets: send a set's bytes (skipping what it already holds), put the
+//! manifest last, list complete sets, fetch one, delete one.
+
+pub mod pfs;
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::Serialize;
+
+use crate::io::IoEngine;
+use crate::manifest::{FileEntry, Manifest, ManifestError};
+use crate::path::{JobName, SetName};
+use crate::rate::RateLimiter;
+
+/// Why a tier operation failed. `is_transient` tells the drain whether to
+/// retry with backoff (the tier is down, full, unreachable) or to report
+/// and stop retrying quickly (refused, corrupt source).
+#[derive(Debug, thiserror::Error)]
+pub enum TierError {
+    #[error("{tier}: unavailable: {message}")]
+    Unavailable { tier: String, message: String },
+    #[error("{tier}: no complete set {job}/{set}")]
+    NotFound {
+        tier: String,
+        job: JobName,
+        set: SetName,
+    },
+    #[error("{0}")]
+    Corrupt(Box<Corruption>),
+    #[error("{tier}: manifest of {job}/{set}: {source}")]
+    Manifest {
+        tier: String,
+        job: JobName,
+        set: SetName,
+        #[source]
+        source: ManifestError,
+    },
+    #[error("{tier}: refused: {message}")]
+    Refused { tier: String, message: String },
+    /// Reading the cache or writing the destination of a fetch failed.
+    #[error("{path}: {message}")]
+    Local { path: PathBuf, message: String },
+}
+
+impl TierError {
+    /// Worth retrying later without human help.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            TierError::Unavailable { .. } | TierError::Local { .. }
+        )
+    }
+
+    pub fn local(path: &Path, e: impl std::fmt::Display) -> TierError {
+        TierError::Local {
+            path: path.to_owned(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// A chunk that does not match its manifest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Corruption {
+    pub tier: String,
+    pub job: JobName,
+    pub set: SetName,
+    pub file: String,
+    pub chunk: u64,
+    pub offset: u64,
+    pub detail: String,
+}
+
+impl std::fmt::Display for Corruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}: {}/{}: {}: chunk {} (from byte {}) is corrupt: {}",
+            self.tier, self.job, self.set, self.file, self.chunk, self.offset, self.detail
+        )
+    }
+}
+
+/// One complete set as a tier holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TierSet {
+    pub job: JobName,
+    pub set: SetName,
+    #[serde(with = "humantime_serde")]
+    pub created: SystemTime,
+    pub bytes: u64,
+    pub files: u64,
+}
+
+impl TierSet {
+    pub fn of(m: &Manifest) -> TierSet {
+        TierSet {
+            job: m.job.clone(),
+            set: m.set.clone(),
+            created: m.created,
+            bytes: m.total_bytes,
+            files: m.files.len() as u64,
+        }
+    }
+}
+
+/// What a push did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PushReport {
+    /// Bytes of the set read from the cache.
+    pub bytes_read: u64,
+    /// Bytes that crossed to the tier (after dedup and compression).
+    pub bytes_sent: u64,
+    /// Chunks (or whole files) the tier already held and was not sent.
+    pub skipped: u64,
+    pub files: u64,
+}
+
+/// Receives a file's chunks in order: (index, bytes).
+pub type ChunkSink<'a> = dyn FnMut(u64, &[u8]) -> Result<(), TierError> + 'a;
+
+/// A complete set in the cache, as a push reads it.
+pub struct Source<'a> {
+    pub engine: &'a IoEngine,
+    pub manifest: &'a Manifest,
+    /// The set's directory in the cache.
+    pub dir: PathBuf,
+}
+
+impl Source<'_> {
+    /// Hand every chunk of `file`, in order, to `f` (index, bytes), after
+    /// checking it against the manifest: a cache copy that went bad is
+    /// never sent on as if it were good.
+    pub fn for_each_chunk(&self, file: &FileEntry, f: &mut ChunkSink<'_>) -> Result<(), TierError> {
+        let path = file.path.under(&self.dir);
+        let cs = file.chunk_size as usize;
+        let mut buf: Vec<u8> = Vec::with_capacity(cs.min(file.size as usize));
+        let mut index = 0u64;
+        let mut failure: Option<TierError> = None;
+        let mut emit = |buf: &mut Vec<u8>, index: &mut u64| -> Result<(), TierError> {
+            let want = file.crc32c.get(*index as usize).copied();
+            let got = crc32c::crc32c(buf);
+            if want != Some(got) {
+                return Err(TierError::Corrupt(Box::new(Corruption {
+                    tier: "cache".into(),
+                    job: self.manifest.job.clone(),
+                    set: self.manifest.set.clone(),
+                    file: file.path.to_string(),
+                    chunk: *index,
+                    offset: *index * file.chunk_size,
+                    detail: format!(
+                        "crc32c {got:08x}, manifest says {}",
+                        want.map_or("nothing".into(), |w| format!("{w:08x}"))
+                    ),
+                })));
+            }
+            f(*index, buf)?;
+            *index += 1;
+            buf.clear();
+            Ok(())
+        };
+        let read = self
+            .engine
+            .read_file(&path, file.chunk_size, &mut |_, mut bytes| {
+                while !bytes.is_empty() {
+                    let take = (cs - buf.len()).min(bytes.len());
+                    buf.extend_from_slice(&bytes[..take]);
+                    bytes = &bytes[take..];
+                    if buf.len() == cs {
+                        if let Err(e) = emit(&mut buf, &mut index) {
+                            failure = Some(e);
+                            return Err(std::io::Error::other("chunk refused"));
+                        }
+                    }
+                }
+                Ok(())
+            });
+        if let Some(e) = failure {
+            return Err(e);
+        }
+        let digest = read.map_err(|e| TierError::local(&path, e))?;
+        if !buf.is_empty() {
+            emit(&mut buf, &mut index)?;
+        }
+        if digest.size != file.size {
+            return Err(TierError::local(
+                &path,
+                format!("size is {} bytes, manifest says {}", digest.size, file.size),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Which files of a set an interrupted push already delivered, kept by the
+/// drain's journal so a resumed push sends nothing twice. Tiers that find
+/// out for themselves (a chunk store asks the receiver) may ignore it.
+pub trait Resume {
+    fn is_done(&self, file: &crate::path::RelPath) -> bool;
+    fn mark_done(&mut self, file: &crate::path::RelPath) -> Result<(), TierError>;
+}
+
+/// A push from scratch, remembering nothing.
+pub struct NoResume;
+
+impl Resume for NoResume {
+    fn is_done(&self, _: &crate::path::RelPath) -> bool {
+        false
+    }
+    fn mark_done(&mut self, _: &crate::path::RelPath) -> Result<(), TierError> {
+        Ok(())
+    }
+}
+
+/// A place complete sets are kept. Implementations: [`pfs::PfsTier`] (a
+/// POSIX directory) and the DR site (`ckptfs serve`).
+pub trait Tier: Send + Sync {
+    /// "pfs", "dr", …: the tier's name in the config, status and journal.
+    fn name(&self) -> &str;
+    /// Where it is, for messages: a directory or `host:port`.
+    fn location(&self) -> String;
+    /// Jobs with at least one complete set.
+    fn jobs(&self) -> Result<Vec<JobName>, TierError>;
+    /// Complete sets of `job`, oldest first.
+    fn sets(&self, job: &JobName) -> Result<Vec<TierSet>, TierError>;
+    /// The manifest of a complete set (checked like any manifest).
+    fn manifest(&self, job: &JobName, set: &SetName) -> Result<Manifest, TierError>;
+    /// Copy a complete set from the cache. What the tier already holds is
+    /// not sent again; the manifest goes last, so the set is complete on
+    /// the tier exactly when the push returns Ok. `limiter` paces the bytes.
+    fn push(
+        &self,
+        src: &Source<'_>,
+        limiter: &RateLimiter,
+        resume: &mut dyn Resume,
+    ) -> Result<PushReport, TierError>;
+    /// Copy a complete set's files into `dest` (an existing empty
+    /// directory), verifying every chunk against the manifest, and return
+    /// the manifest. `progress` is told the bytes as they arrive.
+    fn fetch(
+        &self,
+        job: &JobName,
+        set: &SetName,
+        dest: &Path,
+        engine: &IoEngine,
+        progress: &dyn Fn(u64),
+    ) -> Result<Manifest, TierError>;
+    /// Remove a set: the manifest first, so an interrupted delete never
+    /// leaves a complete set with missing data.
+    fn delete(&self, job: &JobName, set: &SetName) -> Result<(), TierError>;
+}
+
+/// Copy a set's files from `from` (a directory laid out like the set) into
+/// `dest`, checking each file's chunks against the manifest as the bytes
+/// pass (the I/O engine computes the crc32c while writing). `tier` names
+/// the source in errors.
+pub fn copy_verified(
+    tier: &str,
+    from: &Path,
+    m: &Manifest,
+    dest: &Path,
+    engine: &IoEngine,
+    progress: &dyn Fn(u64),
+) -> Result<(), TierError> {
+    for file in &m.files {
+        let src = file.path.under(from);
+        let to = file.path.under(dest);
+        if let Some(parent) = to.parent() {
+            crate::durable::create_dir_all_durable(parent, 0o700)
+                .map_err(|e| TierError::local(parent, e))?;
+        }
+        let unavailable = |e: std::io::Error| TierError::Unavailable {
+            tier: tier.to_owned(),
+            message: format!("reading {}: {e}", src.display()),
+        };
+        let mut input = std::fs::File::open(&src).map_err(unavailable)?;
+        let mut counted = Counted {
+            inner: &mut input,
+            progress,
+        };
+        let got = engine
+            .write_file(&to, file.mode, &mut counted, file.chunk_size)
+            .map_err(|e| match e {
+                crate::io::IoError::Source { source, .. } => unavailable(source),
+                other => TierError::local(&to, other),
+            })?;
+        let corrupt = |chunk: u64, detail: String| {
+            TierError::Corrupt(Box::new(Corruption {
+                tier: tier.to_owned(),
+                job: m.job.clone(),
+                set: m.set.clone(),
+                file: file.path.to_string(),
+                chunk,
+                offset: chunk * file.chunk_size,
+                detail,
+            }))
+        };
+        if got.size != file.size {
+            return Err(corrupt(
+                got.size.min(file.size) / file.chunk_size,
+                format!(
+                    "{} has {} bytes, manifest says {}",
+                    src.display(),
+                    got.size,
+                    file.size
+                ),
+            ));
+        }
+        if let Some(chunk) = file.digest().first_mismatch(&got) {
+            return Err(corrupt(
+                chunk as u64,
+                format!("{} does not match the manifest", src.display()),
+            ));
+        }
+        let _ = std::fs::File::options()
+            .write(true)
+            .open(&to)
+            .and_then(|f| f.set_modified(file.mtime));
+    }
+    Ok(())
+}
+
+/// A reader that reports the bytes it hands out.
+struct Counted<'a> {
+    inner: &'a mut dyn std::io::Read,
+    progress: &'a dyn Fn(u64),
+}
+
+impl std::io::Read for Counted<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.progress)(n as u64);
+        Ok(n)
+    }
+}

@@ -1,0 +1,446 @@
+//! The parallel-filesystem tier: a POSIX directory (Lustre, GPFS, BeeGFS).
+//!
+//! Layout, readable without ckptfs:
+//! ```text
+//! <root>/<job>/<set>/<files…>          plain files, as in the cache
+//! <root>/<job>/.manifests/<set>.json   the manifest, written last
+//! ```
+//! Metadata servers are the scarce resource of a parallel filesystem, so a
+//! set costs few metadata operations: a create and a rename per file (the
+//! rename makes a half-written file impossible to mistake for a whole one),
+//! and a create and a rename for the manifest.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::{PushReport, Resume, Source, Tier, TierError, TierSet};
+use crate::durable;
+use crate::io::IoEngine;
+use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
+use crate::path::{JobName, SetName};
+use crate::rate::RateLimiter;
+
+const MANIFESTS: &str = ".manifests";
+const PART_SUFFIX: &str = ".ckptfs-part";
+
+pub struct PfsTier {
+    root: PathBuf,
+}
+
+impl PfsTier {
+    /// A tier over the directory `root` (which must exist: a parallel
+    /// filesystem that is not mounted must not be silently replaced by an
+    /// empty local directory).
+    pub fn new(root: &Path) -> PfsTier {
+        PfsTier {
+            root: root.to_owned(),
+        }
+    }
+
+    fn unavailable(&self, what: &str, path: &Path, e: io::Error) -> TierError {
+        TierError::Unavailable {
+            tier: self.name().to_owned(),
+            message: format!("{what} {}: {e}", path.display()),
+        }
+    }
+
+    fn check_root(&self) -> Result<(), TierError> {
+        match fs::metadata(&self.root) {
+            Ok(md) if md.is_dir() => Ok(()),
+            Ok(_) => Err(TierError::Unavailable {
+                tier: self.name().into(),
+                message: format!("{} is not a directory", self.root.display()),
+            }),
+            Err(e) => Err(self.unavailable("reaching", &self.root, e)),
+        }
+    }
+
+    fn manifest_path(&self, job: &JobName, set: &SetName) -> PathBuf {
+        self.root
+            .join(job.as_str())
+            .join(MANIFESTS)
+            .join(format!("{set}.json"))
+    }
+
+    fn set_dir(&self, job: &JobName, set: &SetName) -> PathBuf {
+        self.root.join(job.as_str()).join(set.as_str())
+    }
+
+    fn read_manifest(&self, job: &JobName, set: &SetName) -> Result<Manifest, TierError> {
+        let path = self.manifest_path(job, set);
+        let mut bytes = Vec::new();
+        match File::open(&path) {
+            Ok(f) => f
+                .take(MAX_MANIFEST_BYTES as u64 + 1)
+                .read_to_end(&mut bytes)
+                .map_err(|e| self.unavailable("reading", &path, e))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(TierError::NotFound {
+                    tier: self.name().into(),
+                    job: job.clone(),
+                    set: set.clone(),
+                })
+            }
+            Err(e) => return Err(self.unavailable("reading", &path, e)),
+        };
+        let m = Manifest::parse(&bytes).map_err(|source| TierError::Manifest {
+            tier: self.name().into(),
+            job: job.clone(),
+            set: set.clone(),
+            source,
+        })?;
+        if &m.job != job || &m.set != set {
+            return Err(TierError::Manifest {
+                tier: self.name().into(),
+                job: job.clone(),
+                set: set.clone(),
+                source: crate::manifest::ManifestError::Invalid {
+                    message: format!("it describes {}/{}", m.job, m.set),
+                },
+            });
+        }
+        Ok(m)
+    }
+
+    /// Write one file of the set: to a part file, synced, then renamed.
+    fn push_file(
+        &self,
+        src: &Source<'_>,
+        file: &crate::manifest::FileEntry,
+        dir: &Path,
+        limiter: &RateLimiter,
+    ) -> Result<u64, TierError> {
+        let dest = file.path.under(dir);
+        let parent = dest.parent().unwrap_or(dir);
+        durable::create_dir_all_durable(parent, 0o700)
+            .map_err(|e| self.unavailable("creating", parent, e.source))?;
+        let name = dest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let part = parent.join(format!(".{name}{PART_SUFFIX}"));
+        let mut out = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&part)
+            .map_err(|e| self.unavailable("creating", &part, e))?;
+        let mut sent = 0u64;
+        src.for_each_chunk(file, &mut |_, bytes| {
+            limiter.take(bytes.len() as u64);
+            out.write_all(bytes)
+                .map_err(|e| self.unavailable("writing", &part, e))?;
+            sent += bytes.len() as u64;
+            Ok(())
+        })?;
+        out.sync_all()
+            .map_err(|e| self.unavailable("syncing", &part, e))?;
+        let _ = out.set_modified(file.mtime);
+        drop(out);
+        fs::set_permissions(&part, fs::Permissions::from_mode(file.mode))
+            .map_err(|e| self.unavailable("setting the mode of", &part, e))?;
+        fs::rename(&part, &dest).map_err(|e| self.unavailable("renaming", &dest, e))?;
+        Ok(sent)
+    }
+}
+
+impl Tier for PfsTier {
+    fn name(&self) -> &str {
+        "pfs"
+    }
+
+    fn location(&self) -> String {
+        self.root.display().to_string()
+    }
+
+    fn jobs(&self) -> Result<Vec<JobName>, TierError> {
+        self.check_root()?;
+        let mut out = Vec::new();
+        for entry in
+            fs::read_dir(&self.root).map_err(|e| self.unavailable("listing", &self.root, e))?
+        {
+            let entry = entry.map_err(|e| self.unavailable("listing", &self.root, e))?;
+            let Some(job) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| JobName::new(n).ok())
+            else {
+                continue;
+            };
+            if entry.path().join(MANIFESTS).is_dir() {
+                out.push(job);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn sets(&self, job: &JobName) -> Result<Vec<TierSet>, TierError> {
+        self.check_root()?;
+        let dir = self.root.join(job.as_str()).join(MANIFESTS);
+        let rd = match fs::read_dir(&dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(self.unavailable("listing", &dir, e)),
+        };
+        let mut out = Vec::new();
+        for entry in rd {
+            let entry = entry.map_err(|e| self.unavailable("listing", &dir, e))?;
+            let name = entry.file_name();
+            let Some(set) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".json"))
+                .and_then(|n| SetName::new(n).ok())
+            else {
+                continue;
+            };
+            match self.read_manifest(job, &set) {
+                Ok(m) => out.push(TierSet::of(&m)),
+                // A damaged manifest is reported by whoever asks for that
+                // set; listing the rest must go on.
+                Err(e) => tracing::warn!(error = %e, "skipping a set with an unreadable manifest"),
+            }
+        }
+        out.sort_by(|a, b| (a.created, &a.set).cmp(&(b.created, &b.set)));
+        Ok(out)
+    }
+
+    fn manifest(&self, job: &JobName, set: &SetName) -> Result<Manifest, TierError> {
+        self.check_root()?;
+        self.read_manifest(job, set)
+    }
+
+    fn push(
+        &self,
+        src: &Source<'_>,
+        limiter: &RateLimiter,
+        resume: &mut dyn Resume,
+    ) -> Result<PushReport, TierError> {
+        self.check_root()?;
+        let m = src.manifest;
+        let mut report = PushReport::default();
+        if let Ok(have) = self.read_manifest(&m.job, &m.set) {
+            if have.files == m.files {
+                report.skipped = m.files.len() as u64;
+                return Ok(report);
+            }
+        }
+        let dir = self.set_dir(&m.job, &m.set);
+        durable::create_dir_all_durable(&dir, 0o700)
+            .map_err(|e| self.unavailable("creating", &dir, e.source))?;
+        for file in &m.files {
+            report.files += 1;
+            if resume.is_done(&file.path) && file.path.under(&dir).is_file() {
+                report.skipped += 1;
+                continue;
+            }
+            let sent = self.push_file(src, file, &dir, limiter)?;
+            report.bytes_read += sent;
+            report.bytes_sent += sent;
+            resume.mark_done(&file.path)?;
+        }
+        // Every directory entry durable before the manifest says "complete".
+        for d in walkdir::WalkDir::new(&dir)
+            .into_iter()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_type().is_dir())
+        {
+            durable::sync_dir(d.path())
+                .map_err(|e| self.unavailable("syncing", d.path(), e.source))?;
+        }
+        let mpath = self.manifest_path(&m.job, &m.set);
+        let mdir = mpath.parent().unwrap_or(&self.root).to_owned();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o755)
+            .create(&mdir)
+            .map_err(|e| self.unavailable("creating", &mdir, e))?;
+        durable::write_atomic(&mpath, &m.to_bytes(), 0o644)
+            .map_err(|e| self.unavailable("writing", &mpath, e.source))?;
+        Ok(report)
+    }
+
+    fn fetch(
+        &self,
+        job: &JobName,
+        set: &SetName,
+        dest: &Path,
+        engine: &IoEngine,
+        progress: &dyn Fn(u64),
+    ) -> Result<Manifest, TierError> {
+        self.check_root()?;
+        let m = self.read_manifest(job, set)?;
+        super::copy_verified(
+            self.name(),
+            &self.set_dir(job, set),
+            &m,
+            dest,
+            engine,
+            progress,
+        )?;
+        Ok(m)
+    }
+
+    fn delete(&self, job: &JobName, set: &SetName) -> Result<(), TierError> {
+        self.check_root()?;
+        let mpath = self.manifest_path(job, set);
+        match fs::remove_file(&mpath) {
+            Ok(()) => durable::sync_parent(&mpath)
+                .map_err(|e| self.unavailable("syncing", &mpath, e.source))?,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.unavailable("removing", &mpath, e)),
+        }
+        let dir = self.set_dir(job, set);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(self.unavailable("removing", &dir, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::{EngineKind, IoOptions};
+    use crate::path::RelPath;
+    use crate::store::{Store, StoreOptions};
+    use crate::tier::NoResume;
+    use std::sync::Arc;
+
+    fn setup() -> (tempfile::TempDir, Store, PfsTier) {
+        let d = tempfile::Builder::new()
+            .prefix("ckpt-pfs-")
+            .tempdir_in("/var/tmp")
+            .unwrap();
+        let engine = Arc::new(
+            IoEngine::new(&IoOptions {
+                kind: EngineKind::Fallback,
+                ..IoOptions::default()
+            })
+            .unwrap(),
+        );
+        let store = Store::open(
+            &d.path().join("cache"),
+            engine,
+            StoreOptions {
+                chunk_size: 64 * 1024,
+                keep: 0,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        fs::create_dir(d.path().join("pfs")).unwrap();
+        let pfs = PfsTier::new(&d.path().join("pfs"));
+        (d, store, pfs)
+    }
+
+    fn commit(store: &Store, set: &str, seed: u8) -> Manifest {
+        let job = JobName::new("j").unwrap();
+        let mut w = store.create_set(&job, &SetName::new(set).unwrap()).unwrap();
+        let a: Vec<u8> = (0..300_000u32).map(|i| (i as u8) ^ seed).collect();
+        w.write_bytes(&RelPath::new("a.bin").unwrap(), &a).unwrap();
+        w.write_bytes(&RelPath::new("d/b.bin").unwrap(), b"small")
+            .unwrap();
+        w.commit().unwrap()
+    }
+
+    #[test]
+    fn push_list_fetch_delete() {
+        let (d, store, pfs) = setup();
+        let m = commit(&store, "s1", 1);
+        let src = Source {
+            engine: store.engine(),
+            manifest: &m,
+            dir: store.set_dir(&m.job, &m.set),
+        };
+        let r = pfs
+            .push(&src, &RateLimiter::unlimited(), &mut NoResume)
+            .unwrap();
+        assert_eq!(r.bytes_sent, 300_005);
+        // Plain files a user can read without ckptfs.
+        assert_eq!(
+            fs::read(d.path().join("pfs/j/s1/d/b.bin")).unwrap(),
+            b"small"
+        );
+        assert!(d.path().join("pfs/j/.manifests/s1.json").is_file());
+        // A second push sends nothing.
+        let again = pfs
+            .push(&src, &RateLimiter::unlimited(), &mut NoResume)
+            .unwrap();
+        assert_eq!(again.bytes_sent, 0);
+        assert_eq!(pfs.jobs().unwrap(), vec![m.job.clone()]);
+        assert_eq!(pfs.sets(&m.job).unwrap()[0].set, m.set);
+        let dest = d.path().join("restore");
+        fs::create_dir(&dest).unwrap();
+        let got = pfs
+            .fetch(&m.job, &m.set, &dest, store.engine(), &|_| {})
+            .unwrap();
+        assert_eq!(got, m);
+        assert_eq!(
+            fs::read(dest.join("a.bin")).unwrap(),
+            fs::read(store.set_dir(&m.job, &m.set).join("a.bin")).unwrap()
+        );
+        pfs.delete(&m.job, &m.set).unwrap();
+        assert!(pfs.sets(&m.job).unwrap().is_empty());
+        assert!(!d.path().join("pfs/j/s1").exists());
+    }
+
+    #[test]
+    fn flipped_byte_on_the_tier_is_caught_on_fetch() {
+        let (d, store, pfs) = setup();
+        let m = commit(&store, "s1", 2);
+        let src = Source {
+            engine: store.engine(),
+            manifest: &m,
+            dir: store.set_dir(&m.job, &m.set),
+        };
+        pfs.push(&src, &RateLimiter::unlimited(), &mut NoResume)
+            .unwrap();
+        let f = d.path().join("pfs/j/s1/a.bin");
+        let mut bytes = fs::read(&f).unwrap();
+        bytes[200_000] ^= 1;
+        fs::write(&f, bytes).unwrap();
+        let dest = d.path().join("restore");
+        fs::create_dir(&dest).unwrap();
+        let e = pfs
+            .fetch(&m.job, &m.set, &dest, store.engine(), &|_| {})
+            .unwrap_err();
+        assert!(
+            matches!(&e, TierError::Corrupt(c) if c.file == "a.bin" && c.chunk == 3),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn corrupt_cache_copy_is_never_pushed() {
+        let (d, store, pfs) = setup();
+        let m = commit(&store, "s1", 3);
+        let f = store.set_dir(&m.job, &m.set).join("a.bin");
+        let mut bytes = fs::read(&f).unwrap();
+        bytes[10] ^= 1;
+        fs::write(&f, bytes).unwrap();
+        let src = Source {
+            engine: store.engine(),
+            manifest: &m,
+            dir: store.set_dir(&m.job, &m.set),
+        };
+        let e = pfs
+            .push(&src, &RateLimiter::unlimited(), &mut NoResume)
+            .unwrap_err();
+        assert!(matches!(&e, TierError::Corrupt(c) if c.chunk == 0), "{e}");
+        assert!(!d.path().join("pfs/j/.manifests/s1.json").exists());
+    }
+
+    #[test]
+    fn missing_root_is_unavailable() {
+        let pfs = PfsTier::new(Path::new("/nonexistent/pfs"));
+        let e = pfs.jobs().unwrap_err();
+        assert!(e.is_transient(), "{e}");
+        assert!(e.to_string().contains("/nonexistent/pfs"), "{e}");
+    }
+}
