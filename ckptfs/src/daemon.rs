@@ -250,6 +250,7 @@ fn prepare(config: &Config, req: &MountRequest) -> Result<Arc<Daemon>> {
     }
     let live = LiveSets::new(store.clone(), seal_engine, config.idle_rules())?;
     let tiers = libckpt::drain::tiers_from_config(config).context("setting up the lower tiers")?;
+    let remote = crate::fuse::remote::Remote::new(tiers.iter().map(|(t, _)| t.clone()).collect());
     let drain = (!tiers.is_empty()).then(|| {
         libckpt::drain::Drain::new(
             store.clone(),
@@ -263,6 +264,7 @@ fn prepare(config: &Config, req: &MountRequest) -> Result<Arc<Daemon>> {
     }
     let shared = Arc::new(Shared {
         live,
+        remote,
         root: store.root().to_owned(),
         want_passthrough: config.mount.passthrough,
         passthrough: AtomicBool::new(false),

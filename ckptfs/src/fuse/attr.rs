@@ -59,3 +59,25 @@ pub fn from_metadata(ino: u64, md: &Metadata, root: bool) -> FileAttr {
         flags: 0,
     }
 }
+
+/// A set that only a lower tier holds: a read-only directory owned like
+/// its job, dated by the set's creation.
+pub fn remote_set(ino: u64, job: &Metadata, created: SystemTime) -> FileAttr {
+    FileAttr {
+        ino: INodeNo(ino),
+        size: 4096,
+        blocks: 8,
+        atime: created,
+        mtime: created,
+        ctime: created,
+        crtime: created,
+        kind: FileType::Directory,
+        perm: 0o500,
+        nlink: 2,
+        uid: job.uid(),
+        gid: job.gid(),
+        rdev: 0,
+        blksize: 4096,
+        flags: 0,
+    }
+}

@@ -13,6 +13,7 @@ mod handles;
 mod inodes;
 pub mod mount;
 mod place;
+pub mod remote;
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -68,6 +69,8 @@ pub struct Counters {
 /// State shared between the filesystem and the daemon's control socket.
 pub struct Shared {
     pub live: LiveSets,
+    /// Sets on lower tiers, shown and staged in on first use.
+    pub remote: remote::Remote,
     pub root: PathBuf,
     pub want_passthrough: bool,
     pub passthrough: AtomicBool,
@@ -160,9 +163,60 @@ impl CkptFs {
 
     /// Look a path up for the kernel: stat it and hand out its number.
     fn entry(&self, rel: &Path) -> Result<fuser::FileAttr, Errno> {
-        let md = fs::symlink_metadata(self.backing(rel)).map_err(|e| errno_of(&e))?;
+        let md = match fs::symlink_metadata(self.backing(rel)) {
+            Ok(md) => md,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return self.remote_entry(rel).ok_or(Errno::ENOENT)
+            }
+            Err(e) => return Err(errno_of(&e)),
+        };
         let ino = lock(&self.inodes).lookup(rel);
         Ok(attr::from_metadata(ino, &md, false))
+    }
+
+    /// A job or set that only a lower tier holds. A job gets its directory
+    /// in the cache; a set is shown as a read-only directory until
+    /// something inside it is used.
+    fn remote_entry(&self, rel: &Path) -> Option<fuser::FileAttr> {
+        if self.shared.remote.is_empty() {
+            return None;
+        }
+        match Place::of(rel).ok()? {
+            Place::Job(job) => {
+                self.shared.remote.jobs().contains(&job).then_some(())?;
+                let path = self.backing(rel);
+                let _ = fs::DirBuilder::new().mode(0o755).create(&path);
+                let md = fs::symlink_metadata(&path).ok()?;
+                let ino = lock(&self.inodes).lookup(rel);
+                Some(attr::from_metadata(ino, &md, false))
+            }
+            Place::Set(job, set) => {
+                let found = self.shared.remote.find(&job, &set)?;
+                let job_md = fs::symlink_metadata(self.backing(Path::new(job.as_str()))).ok()?;
+                let ino = lock(&self.inodes).lookup(rel);
+                Some(attr::remote_set(ino, &job_md, found.created))
+            }
+            _ => None,
+        }
+    }
+
+    /// Bring a tier-only set into the cache before anything inside it is
+    /// used.
+    fn ensure_local(&self, place: &Place) -> Result<(), Errno> {
+        let Some((job, set)) = place.set() else {
+            return Ok(());
+        };
+        if self.shared.remote.is_empty()
+            || self
+                .backing(&Path::new(job.as_str()).join(set.as_str()))
+                .exists()
+        {
+            return Ok(());
+        }
+        self.shared
+            .remote
+            .stage_in(self.shared.live.store(), job, set)
+            .map_err(Errno::from_i32)
     }
 
     /// Give a newly created file or directory to the caller.
@@ -271,9 +325,16 @@ impl CkptFs {
             Place::InSet(job, set, rel) => self.shared.live.file_state(job, set, rel),
             _ => return Err(Errno::from_i32(libc::ENODATA)),
         };
-        state
-            .map(|s| s.label().to_owned())
-            .map_err(|e| live_errno(&e))
+        match state {
+            Ok(s) => Ok(s.label().to_owned()),
+            Err(LiveError::NoSuchSet { job, set })
+                if self.shared.remote.find(&job, &set).is_some() =>
+            {
+                // On a lower tier only: complete there, staged in on use.
+                Ok("complete".to_owned())
+            }
+            Err(e) => Err(live_errno(&e)),
+        }
     }
 
     /// Directory entries of `rel`, as `/ckpt` shows them.
@@ -302,6 +363,31 @@ impl CkptFs {
                 .unwrap_or_else(|| std::os::unix::fs::DirEntryExt::ino(&entry));
             out.push((ino, attr::kind(&ft), name));
         }
+        // What only the lower tiers hold is listed too (not fetched).
+        let remote: Vec<String> = match &place {
+            Place::Root if !self.shared.remote.is_empty() => self
+                .shared
+                .remote
+                .jobs()
+                .into_iter()
+                .map(|j| j.to_string())
+                .collect(),
+            Place::Job(job) if !self.shared.remote.is_empty() => self
+                .shared
+                .remote
+                .sets(job)
+                .into_iter()
+                .map(|s| s.set.to_string())
+                .collect(),
+            _ => Vec::new(),
+        };
+        for name in remote {
+            if !out.iter().any(|(_, _, n)| *n == name) {
+                // Not looked up yet: a number no inode of ours uses.
+                let ino = (1 << 63) | u64::from(crc32c::crc32c(name.as_bytes()));
+                out.push((ino, FileType::Directory, name));
+            }
+        }
         out.sort_by(|a, b| a.2.cmp(&b.2));
         Ok(out)
     }
@@ -329,10 +415,15 @@ impl Filesystem for CkptFs {
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         // Invalid job or set names simply do not exist.
-        let (rel, _) = match self.child(parent, name) {
+        let (rel, place) = match self.child(parent, name) {
             Ok(c) => c,
             Err(_) => return reply.error(Errno::ENOENT),
         };
+        if let Place::InSet(..) = place {
+            if let Err(e) = self.ensure_local(&place) {
+                return reply.error(e);
+            }
+        }
         match self.entry(&rel) {
             Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
@@ -352,7 +443,16 @@ impl Filesystem for CkptFs {
                 };
             }
         }
-        match self.path_of(ino).and_then(|rel| self.attr_of(ino.0, &rel)) {
+        let attr = self.path_of(ino).and_then(|rel| {
+            self.attr_of(ino.0, &rel).or_else(|e| {
+                if e == Errno::ENOENT {
+                    self.remote_entry(&rel).ok_or(e)
+                } else {
+                    Err(e)
+                }
+            })
+        });
+        match attr {
             Ok(a) => reply.attr(&TTL, &a),
             Err(e) => reply.error(e),
         }
@@ -830,9 +930,12 @@ impl Filesystem for CkptFs {
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let result = self
-            .path_of(ino)
-            .and_then(|rel| self.list_dir(&rel).map_err(|e| errno_of(&e)));
+        let result = self.path_of(ino).and_then(|rel| {
+            if let Ok(place @ Place::Set(..)) = Place::of(&rel) {
+                self.ensure_local(&place)?;
+            }
+            self.list_dir(&rel).map_err(|e| errno_of(&e))
+        });
         match result {
             Ok(entries) => {
                 let fh = lock(&self.handles).insert_dir(DirHandle { entries });
