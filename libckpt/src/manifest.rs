@@ -149,8 +149,15 @@ impl Manifest {
                 max: MAX_MANIFEST_BYTES,
             });
         }
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        let Some(first) = bytes.iter().find(|b| !b.is_ascii_whitespace()) else {
             return Err(ManifestError::Empty);
+        };
+        // serde would read a struct from a JSON array too; say plainly that
+        // anything but an object is not a manifest.
+        if *first == b'[' || first.is_ascii_digit() || *first == b'"' {
+            return Err(ManifestError::NotAManifest {
+                reason: "the top level is not a JSON object".into(),
+            });
         }
         let probe: Probe = serde_json::from_slice(bytes).map_err(|e| {
             if e.classify() == serde_json::error::Category::Data {
