@@ -142,12 +142,13 @@ pub fn find_mount(path: &Path) -> io::Result<Option<MountEntry>> {
         .rfind(|m| m.mountpoint == target))
 }
 
-/// True when `path` is a FUSE mount whose daemon is gone.
+/// True when `path` is a FUSE mount whose daemon is gone. statfs, not
+/// stat: the kernel answers stat of the mount's root from its attribute
+/// cache for a while after the daemon died, but always asks the daemon
+/// for statfs.
 pub fn is_stale(path: &Path) -> bool {
-    match fs::metadata(path) {
-        Ok(_) => false,
-        Err(e) => is_disconnected(&e),
-    }
+    let stat_dead = matches!(fs::metadata(path), Err(e) if is_disconnected(&e));
+    stat_dead || matches!(libckpt::statfs::space(path), Err(e) if is_disconnected(&e))
 }
 
 /// Detach the mount at `path`, live or stale (MNT_DETACH: processes that

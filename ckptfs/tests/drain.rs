@@ -1,0 +1,292 @@
+//! The drain to the PFS tier and restart on an empty node, with real
+//! mounts, real processes and a real (local) PFS directory.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{DataPath, Mount, Opts};
+use serde_json::Value;
+
+/// Bytes that do not compress and differ per seed.
+fn data(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn pfs_args(pfs: &Path) -> Vec<String> {
+    vec![
+        "--pfs".into(),
+        pfs.display().to_string(),
+        "--drain-jitter".into(),
+        "0s".into(),
+        "--drain-backoff-min".into(),
+        "100ms".into(),
+        "--drain-backoff-max".into(),
+        "500ms".into(),
+    ]
+}
+
+fn with_args(mut o: Opts, args: &[String]) -> Opts {
+    for a in args {
+        o = o.arg(a);
+    }
+    o
+}
+
+/// A set of three files written through the mount and committed.
+fn write_set(m: &Mount, job: &str, set: &str, seed: u64) -> Vec<(String, Vec<u8>)> {
+    let dir = m.new_set(job, set);
+    let files = vec![
+        ("rank-0.bin".to_owned(), data(3 << 20, seed)),
+        ("rank-1.bin".to_owned(), data(1_000_003, seed + 1)),
+        ("meta/step.txt".to_owned(), b"step 100\n".to_vec()),
+    ];
+    for (rel, bytes) in &files {
+        let p = dir.join(rel);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(&p, bytes).expect("write through the mount");
+    }
+    m.commit_ok(job, set);
+    files
+}
+
+fn drain_status(m: &Mount) -> Vec<Value> {
+    m.status()["drain"].as_array().cloned().unwrap_or_default()
+}
+
+fn pending(m: &Mount) -> usize {
+    drain_status(m)
+        .iter()
+        .map(|t| t["pending"].as_array().map_or(0, Vec::len))
+        .sum()
+}
+
+#[test]
+fn committed_sets_drain_and_restore_on_an_empty_node() {
+    let pfs_root = tempfile::Builder::new()
+        .prefix("ckptfs-pfs-")
+        .tempdir_in("/var/tmp")
+        .expect("pfs dir");
+    let pfs = pfs_root.path().join("pfs");
+    fs::create_dir(&pfs).expect("mkdir pfs");
+    let args = pfs_args(&pfs);
+    let m = Mount::start(with_args(Opts::new(DataPath::Passthrough), &args));
+    let files = write_set(&m, "sim", "step-1", 1);
+    write_set(&m, "sim", "step-2", 2);
+    wait_until("the daemon's drain", common::WAIT, || pending(&m) == 0);
+    // Plain files on the PFS, readable without ckptfs.
+    assert_eq!(
+        fs::read(pfs.join("sim/step-1/rank-0.bin")).expect("pfs file"),
+        files[0].1
+    );
+    assert!(pfs.join("sim/.manifests/step-2.json").is_file());
+    let st = drain_status(&m);
+    assert_eq!(st[0]["tier"], "pfs");
+    assert!(st[0]["rpo_exposure_seconds"].is_null(), "{st:?}");
+    // `drain --wait` against a daemon returns at once when nothing is left.
+    let mut a: Vec<&dyn AsRef<std::ffi::OsStr>> = vec![&"drain", &"--wait", &"--timeout", &"30s"];
+    let pfs_flag = ["--pfs".to_owned(), pfs.display().to_string()];
+    a.push(&pfs_flag[0]);
+    a.push(&pfs_flag[1]);
+    m.cli_ok(&a);
+
+    // A fresh node: an empty cache and a new mount over the same PFS.
+    let fresh = Mount::start(with_args(Opts::new(DataPath::Passthrough), &args));
+    let listed: Vec<String> = fs::read_dir(fresh.p("sim"))
+        .expect("ls /ckpt/sim on the fresh node")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        listed.contains(&"step-1".to_owned()) && listed.contains(&"step-2".to_owned()),
+        "{listed:?}"
+    );
+    assert_eq!(
+        fs::read(fresh.p("sim/step-1/rank-0.bin")).expect("read a tier-only set"),
+        files[0].1,
+        "staged-in bytes differ"
+    );
+    assert_eq!(
+        fs::read(fresh.p("sim/step-1/meta/step.txt")).expect("read"),
+        b"step 100\n"
+    );
+    fresh.verify_ok("sim", "step-1");
+    assert_eq!(fresh.ls_state("sim", "step-1").as_deref(), Some("complete"));
+
+    // And `ckptfs restore` into a directory, from the PFS.
+    let to = pfs_root.path().join("restored");
+    let out = Command::new(common::BIN)
+        .env("CKPTFS_CONFIG", "/dev/null")
+        .args(["--cache"])
+        .arg(pfs_root.path().join("empty-cache"))
+        .arg("--pfs")
+        .arg(&pfs)
+        .args(["restore", "sim", "--to"])
+        .arg(&to)
+        .args(["--from", "pfs", "--json"])
+        .output()
+        .expect("run ckptfs restore");
+    assert!(
+        out.status.success(),
+        "restore: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["set"], "step-2");
+    assert_eq!(v["from"], "pfs");
+    assert_eq!(
+        fs::read(to.join("rank-1.bin")).expect("restored"),
+        data(1_000_003, 3)
+    );
+}
+
+#[test]
+fn an_unavailable_pfs_keeps_sets_pending_then_drains_when_back() {
+    let pfs_root = tempfile::Builder::new()
+        .prefix("ckptfs-pfs-")
+        .tempdir_in("/var/tmp")
+        .expect("pfs dir");
+    let pfs = pfs_root.path().join("pfs-not-yet");
+    let args = pfs_args(&pfs);
+    let m = Mount::start(with_args(Opts::new(DataPath::Fallback), &args));
+    write_set(&m, "job", "s1", 7);
+    wait_until("the failure to show in status", common::WAIT, || {
+        drain_status(&m)[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("pfs-not-yet"))
+    });
+    let st = drain_status(&m);
+    assert_eq!(st[0]["pending"].as_array().map(Vec::len), Some(1));
+    assert!(st[0]["bytes_pending"].as_u64().unwrap_or(0) > 4_000_000);
+    assert!(st[0]["rpo_exposure_seconds"].is_u64(), "{st:?}");
+    // The writer is unaffected: another set goes in and commits.
+    write_set(&m, "job", "s2", 8);
+    // The PFS comes back: both drain with no one asking.
+    fs::create_dir(&pfs).expect("mkdir pfs");
+    wait_until("the drain after the PFS returned", common::WAIT, || {
+        pending(&m) == 0
+    });
+    assert!(pfs.join("job/.manifests/s1.json").is_file());
+    assert!(pfs.join("job/.manifests/s2.json").is_file());
+}
+
+#[test]
+fn daemon_killed_mid_drain_resumes_without_resending() {
+    let pfs_root = tempfile::Builder::new()
+        .prefix("ckptfs-pfs-")
+        .tempdir_in("/var/tmp")
+        .expect("pfs dir");
+    let pfs = pfs_root.path().join("pfs");
+    fs::create_dir(&pfs).expect("mkdir pfs");
+    // Slow the drain down so the kill lands in the middle of it.
+    let mut args = pfs_args(&pfs);
+    args.extend(["--pfs-rate".into(), "4MiB".into()]);
+    let mut m = Mount::start(with_args(Opts::new(DataPath::Passthrough), &args));
+    let dir = m.new_set("job", "big");
+    let files: Vec<(String, Vec<u8>)> = (0..8)
+        .map(|i| (format!("rank-{i}.bin"), data(2 << 20, 100 + i)))
+        .collect();
+    for (rel, bytes) in &files {
+        fs::write(dir.join(rel), bytes).expect("write");
+    }
+    m.commit_ok("job", "big");
+    let journal = m.c(".ckptfs/sets/job/big/drain/pfs.json");
+    wait_until("a file or two on the PFS", common::WAIT, || {
+        fs::read(&journal)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|v| v["files_done"].as_array().map(Vec::len))
+            .is_some_and(|n| n >= 2)
+    });
+    m.kill9();
+    let before: Value =
+        serde_json::from_slice(&fs::read(&journal).expect("journal")).expect("journal json");
+    let done_before = before["files_done"].as_array().map_or(0, Vec::len);
+    assert!(
+        done_before < files.len(),
+        "the drain finished before the kill"
+    );
+    assert!(
+        !pfs.join("job/.manifests/big.json").exists(),
+        "complete on the PFS before the drain finished"
+    );
+    m.start_daemon();
+    wait_until("the resumed drain", Duration::from_secs(60), || {
+        pending(&m) == 0
+    });
+    let after: Value =
+        serde_json::from_slice(&fs::read(&journal).expect("journal")).expect("journal json");
+    assert_eq!(after["state"], "done");
+    // Only what was missing crossed again.
+    let resent = after["bytes_sent"].as_u64().expect("bytes_sent");
+    let missing = ((files.len() - done_before) * (2 << 20)) as u64;
+    assert!(
+        resent <= missing,
+        "resent {resent} bytes, but only {missing} were missing"
+    );
+    for (rel, bytes) in &files {
+        assert_eq!(
+            &fs::read(pfs.join("job/big").join(rel)).expect("pfs file"),
+            bytes,
+            "{rel}"
+        );
+    }
+    // Exactly the set's files, once: no part files left behind.
+    let names: Vec<String> = fs::read_dir(pfs.join("job/big"))
+        .expect("ls")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), files.len(), "{names:?}");
+}
+
+#[test]
+fn a_flipped_byte_on_the_pfs_is_caught_on_restore() {
+    let pfs_root = tempfile::Builder::new()
+        .prefix("ckptfs-pfs-")
+        .tempdir_in("/var/tmp")
+        .expect("pfs dir");
+    let pfs = pfs_root.path().join("pfs");
+    fs::create_dir(&pfs).expect("mkdir pfs");
+    let args = pfs_args(&pfs);
+    let m = Mount::start(with_args(Opts::new(DataPath::Passthrough), &args));
+    write_set(&m, "job", "s1", 11);
+    wait_until("the drain", common::WAIT, || pending(&m) == 0);
+    let f = pfs.join("job/s1/rank-0.bin");
+    let mut bytes = fs::read(&f).expect("pfs file");
+    bytes[(1 << 20) + 5] ^= 0x20;
+    fs::write(&f, bytes).expect("flip");
+    let out = Command::new(common::BIN)
+        .env("CKPTFS_CONFIG", "/dev/null")
+        .arg("--cache")
+        .arg(pfs_root.path().join("empty-cache"))
+        .arg("--pfs")
+        .arg(&pfs)
+        .args(["restore", "job", "s1", "--to"])
+        .arg(pfs_root.path().join("restored"))
+        .output()
+        .expect("run ckptfs restore");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("rank-0.bin") && err.contains("chunk 1") && err.contains("corrupt"),
+        "{err}"
+    );
+}
