@@ -57,6 +57,10 @@ impl LiveError {
 
 type Key = (JobName, SetName);
 
+/// How long a commit waits for files still open to be closed before it is
+/// refused: covers the RELEASE the kernel sends after close(2) returned.
+const CLOSE_GRACE: Duration = Duration::from_secs(1);
+
 /// Called after a set is committed.
 pub type CommitHook = Box<dyn Fn(&JobName, &SetName) + Send + Sync>;
 
@@ -85,18 +89,54 @@ impl LiveState {
     }
 }
 
+/// A file of a live set with write handles open.
+struct OpenFile {
+    /// Its name now: follows renames (of it or of a directory above it);
+    /// `None` once it was unlinked or replaced by a rename over it.
+    rel: Option<RelPath>,
+    handles: u32,
+}
+
 struct LiveSet {
     writer: SetWriter,
-    /// Write handles open per file.
-    open: BTreeMap<RelPath, u32>,
+    /// Files open for writing, by a number the caller gives each file that
+    /// stays the same across renames and unlinks (the mount's inode number).
+    open: BTreeMap<u64, OpenFile>,
     pending_seals: u32,
     last_activity: Instant,
 }
 
 impl LiveSet {
     fn open_writers(&self) -> u32 {
-        self.open.values().sum()
+        self.open.values().map(|o| o.handles).sum()
     }
+
+    fn open_names(&self) -> Vec<String> {
+        self.open
+            .values()
+            .map(|o| match &o.rel {
+                Some(r) => r.to_string(),
+                None => "(deleted file)".to_owned(),
+            })
+            .collect()
+    }
+
+    fn is_open(&self, rel: &RelPath) -> bool {
+        self.open.values().any(|o| o.rel.as_ref() == Some(rel))
+    }
+}
+
+/// `rel` with its prefix `from` replaced by `to`, if `rel` is `from` or lies
+/// under it.
+fn moved(rel: &RelPath, from: &RelPath, to: &RelPath) -> Option<RelPath> {
+    if rel == from {
+        return Some(to.clone());
+    }
+    let rest = rel
+        .as_str()
+        .strip_prefix(from.as_str())?
+        .strip_prefix('/')?;
+    RelPath::new(format!("{to}/{rest}")).ok()
 }
 
 /// One live set, for status.
@@ -232,17 +272,26 @@ impl LiveSets {
         }
     }
 
-    /// A file of a live set was opened for writing.
+    /// A file of a live set was opened for writing. `id` names the file
+    /// for [`closed_for_write`](Self::closed_for_write) and must stay the
+    /// same across renames and unlinks (an inode number).
     pub fn opened_for_write(
         &self,
         job: &JobName,
         set: &SetName,
+        id: u64,
         rel: &RelPath,
     ) -> Result<(), LiveError> {
         let mut sets = self.lock();
         match sets.get_mut(&(job.clone(), set.clone())) {
             Some(s) => {
-                *s.open.entry(rel.clone()).or_insert(0) += 1;
+                s.open
+                    .entry(id)
+                    .or_insert_with(|| OpenFile {
+                        rel: Some(rel.clone()),
+                        handles: 0,
+                    })
+                    .handles += 1;
                 s.last_activity = Instant::now();
                 Ok(())
             }
@@ -253,32 +302,33 @@ impl LiveSets {
         }
     }
 
-    /// A write handle was closed. On the last one the file is sealed in the
-    /// background; `close()` does not wait.
-    pub fn closed_for_write(&self, job: &JobName, set: &SetName, rel: &RelPath) {
-        let key = (job.clone(), set.clone());
+    /// A write handle of file `id` was closed. On the last one the file is
+    /// sealed in the background under the name it has now; `close()` does
+    /// not wait.
+    pub fn closed_for_write(&self, id: u64) {
         let mut sets = self.lock();
-        let Some(s) = sets.get_mut(&key) else { return };
-        s.last_activity = Instant::now();
-        let last = match s.open.get_mut(rel) {
-            Some(n) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                s.open.remove(rel);
-                true
-            }
-            None => false,
+        let Some((key, s)) = sets.iter_mut().find(|(_, s)| s.open.contains_key(&id)) else {
+            return;
         };
-        if !last {
+        let key = key.clone();
+        s.last_activity = Instant::now();
+        let Some(o) = s.open.get_mut(&id) else { return };
+        if o.handles > 1 {
+            o.handles -= 1;
             return;
         }
+        let rel = s.open.remove(&id).and_then(|o| o.rel);
+        // An unlinked file has nothing to seal; a commit may be waiting
+        // for it to close.
+        let Some(rel) = rel else {
+            drop(sets);
+            self.shared.sealed.notify_all();
+            return;
+        };
         s.pending_seals += 1;
         let path = rel.under(s.writer.dir());
         drop(sets);
         let this = self.clone();
-        let rel = rel.clone();
         self.shared.sealer.spawn(move || {
             let chunk = this.shared.store.options().chunk_size;
             let result = seal_file(&this.shared.seal_engine, &path, chunk);
@@ -301,15 +351,27 @@ impl LiveSets {
     pub fn removed(&self, job: &JobName, set: &SetName, rel: &RelPath) {
         if let Some(s) = self.lock().get_mut(&(job.clone(), set.clone())) {
             s.writer.drop_seal(rel);
+            for o in s.open.values_mut() {
+                if o.rel.as_ref() == Some(rel) {
+                    o.rel = None;
+                }
+            }
         }
     }
 
-    /// A file of a live set was renamed.
+    /// A file or directory of a live set was renamed (over whatever was at
+    /// `to`).
     pub fn renamed(&self, job: &JobName, set: &SetName, from: &RelPath, to: &RelPath) {
         if let Some(s) = self.lock().get_mut(&(job.clone(), set.clone())) {
             s.writer.rename_seal(from, to);
-            if let Some(n) = s.open.remove(from) {
-                s.open.insert(to.clone(), n);
+            for o in s.open.values_mut() {
+                let Some(rel) = &o.rel else { continue };
+                if let Some(new) = moved(rel, from, to) {
+                    o.rel = Some(new);
+                } else if rel == to {
+                    // Replaced by the rename.
+                    o.rel = None;
+                }
             }
         }
     }
@@ -342,13 +404,11 @@ impl LiveSets {
         rel: &RelPath,
     ) -> Result<LiveState, LiveError> {
         if let Some(s) = self.lock().get(&(job.clone(), set.clone())) {
-            return Ok(
-                if s.open.contains_key(rel) || s.writer.sealed(rel).is_none() {
-                    LiveState::Writing
-                } else {
-                    LiveState::Sealed
-                },
-            );
+            return Ok(if s.is_open(rel) || s.writer.sealed(rel).is_none() {
+                LiveState::Writing
+            } else {
+                LiveState::Sealed
+            });
         }
         self.state(job, set)
     }
@@ -357,6 +417,10 @@ impl LiveSets {
     /// for the seals under way.
     pub fn commit(&self, job: &JobName, set: &SetName) -> Result<Manifest, LiveError> {
         let key = (job.clone(), set.clone());
+        // close(2) returns before the kernel tells the daemon (FUSE RELEASE
+        // is sent in the background): a file closed just before the commit
+        // gets a moment to be seen closed.
+        let grace = Instant::now() + CLOSE_GRACE;
         let mut sets = self.lock();
         loop {
             let Some(s) = sets.get(&key) else {
@@ -372,12 +436,17 @@ impl LiveSets {
                 });
             };
             if s.open_writers() > 0 {
-                let files = s
-                    .open
-                    .keys()
-                    .map(RelPath::to_string)
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let now = Instant::now();
+                if now < grace {
+                    sets = self
+                        .shared
+                        .sealed
+                        .wait_timeout(sets, grace - now)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    continue;
+                }
+                let files = s.open_names().join(", ");
                 return Err(LiveError::FilesOpen {
                     job: job.clone(),
                     set: set.clone(),
@@ -426,7 +495,7 @@ impl LiveSets {
         let live = self.lock().remove(&(job.clone(), set.clone()));
         drop(live);
         if delete {
-            self.shared.store.delete_set(job, set)?;
+            self.shared.store.delete_set_keep_job(job, set)?;
         }
         Ok(())
     }
@@ -479,7 +548,7 @@ impl LiveSets {
                     "sealed"
                 }
                 .to_owned(),
-                open_files: s.open.keys().map(RelPath::to_string).collect(),
+                open_files: s.open_names(),
                 pending_seals: s.pending_seals,
                 idle_seconds: now.duration_since(s.last_activity).as_secs(),
             })
@@ -543,20 +612,20 @@ mod tests {
         live.create_set(&j, &s).unwrap();
         let path = f.under(&live.store().set_dir(&j, &s));
         std::fs::write(&path, vec![5u8; 3 << 20]).unwrap();
-        live.opened_for_write(&j, &s, &f).unwrap();
-        live.opened_for_write(&j, &s, &f).unwrap();
+        live.opened_for_write(&j, &s, 1, &f).unwrap();
+        live.opened_for_write(&j, &s, 1, &f).unwrap();
         assert_eq!(live.state(&j, &s).unwrap(), LiveState::Writing);
-        live.closed_for_write(&j, &s, &f);
+        live.closed_for_write(1);
         let e = live.commit(&j, &s).unwrap_err();
         assert!(matches!(e, LiveError::FilesOpen { .. }), "{e}");
         assert!(e.to_string().contains("f.bin"));
         assert_eq!(e.errno(), libc::EBUSY);
-        live.closed_for_write(&j, &s, &f);
+        live.closed_for_write(1);
         let m = live.commit(&j, &s).unwrap();
         assert_eq!(m.total_bytes, 3 << 20);
         assert_eq!(live.state(&j, &s).unwrap(), LiveState::Complete);
         assert!(!live.is_live(&j, &s));
-        let e = live.opened_for_write(&j, &s, &f).unwrap_err();
+        let e = live.opened_for_write(&j, &s, 1, &f).unwrap_err();
         assert_eq!(e.errno(), libc::EROFS);
         assert!(matches!(
             live.commit(&j, &s),
@@ -571,9 +640,9 @@ mod tests {
         let (j, s, f) = names();
         live.create_set(&j, &s).unwrap();
         std::fs::write(f.under(&live.store().set_dir(&j, &s)), b"abc").unwrap();
-        live.opened_for_write(&j, &s, &f).unwrap();
+        live.opened_for_write(&j, &s, 1, &f).unwrap();
         assert_eq!(live.file_state(&j, &s, &f).unwrap(), LiveState::Writing);
-        live.closed_for_write(&j, &s, &f);
+        live.closed_for_write(1);
         // Wait for the background seal.
         for _ in 0..500 {
             if live.state(&j, &s).unwrap() == LiveState::Sealed {
@@ -598,10 +667,10 @@ mod tests {
         live.create_set(&j, &s).unwrap();
         let other = JobName::new("other").unwrap();
         live.create_set(&other, &s).unwrap();
-        live.opened_for_write(&j, &s, &f).unwrap();
+        live.opened_for_write(&j, &s, 1, &f).unwrap();
         std::thread::sleep(Duration::from_millis(60));
         assert!(live.commit_idle().is_empty(), "open file must block");
-        live.closed_for_write(&j, &s, &f);
+        live.closed_for_write(1);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(live.commit_idle(), vec![(j.clone(), s.clone())]);
         assert!(live.is_live(&other, &s), "job without a rule stays live");

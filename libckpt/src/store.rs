@@ -587,6 +587,17 @@ impl Store {
     /// marker goes first, then the manifest, so an interrupted delete leaves
     /// an abandoned set, never a complete one with missing files.
     pub fn delete_set(&self, job: &JobName, set: &SetName) -> Result<()> {
+        self.delete(job, set, true)
+    }
+
+    /// [`delete_set`](Self::delete_set), but the job's directory stays even
+    /// when left empty: under a mount it belongs to the user who made it,
+    /// and their next `mkdir JOB/SET` must work.
+    pub fn delete_set_keep_job(&self, job: &JobName, set: &SetName) -> Result<()> {
+        self.delete(job, set, false)
+    }
+
+    fn delete(&self, job: &JobName, set: &SetName, tidy_job: bool) -> Result<()> {
         let info = self.info(job, set)?.ok_or_else(|| StoreError::NoSuchSet {
             job: job.clone(),
             set: set.clone(),
@@ -624,7 +635,9 @@ impl Store {
         remove_tree(&meta)?;
         // A job without sets leaves no empty directories behind; a set
         // being created meanwhile makes these fail with ENOTEMPTY, fine.
-        let _ = fs::remove_dir(self.inner.root.join(job));
+        if tidy_job {
+            let _ = fs::remove_dir(self.inner.root.join(job));
+        }
         let _ = fs::remove_dir(self.inner.sets_meta.join(job));
         Ok(())
     }

@@ -309,11 +309,11 @@ impl CkptFs {
     }
 
     /// Track a write handle on a live set's file.
-    fn opened_for_write(&self, place: &Place) -> Result<(), Errno> {
+    fn opened_for_write(&self, place: &Place, ino: u64) -> Result<(), Errno> {
         if let Place::InSet(job, set, rel) = place {
             self.shared
                 .live
-                .opened_for_write(job, set, rel)
+                .opened_for_write(job, set, ino, rel)
                 .map_err(|e| live_errno(&e))?;
         }
         Ok(())
@@ -711,7 +711,7 @@ impl Filesystem for CkptFs {
                 .open_backing(&rel, ino.0, flags, None)
                 .map_err(|e| errno_of(&e))?;
             if entry.write {
-                if let Err(e) = self.opened_for_write(&place) {
+                if let Err(e) = self.opened_for_write(&place, ino.0) {
                     lock(&self.handles).remove_file(fh);
                     return Err(e);
                 }
@@ -776,7 +776,7 @@ impl Filesystem for CkptFs {
             fs::set_permissions(&path, fs::Permissions::from_mode(perm))
                 .map_err(|e| undo(errno_of(&e)))?;
             if entry.write {
-                self.opened_for_write(&place).map_err(undo)?;
+                self.opened_for_write(&place, ino).map_err(undo)?;
             }
             let md = entry.file.metadata().map_err(|e| undo(errno_of(&e)))?;
             Ok((fh, entry, attr::from_metadata(ino, &md, false)))
@@ -899,12 +899,9 @@ impl Filesystem for CkptFs {
         if !entry.write {
             return;
         }
-        // The file may have been renamed while open: seal it under the
-        // name it has now.
-        let rel = lock(&self.inodes).path(ino.0);
-        if let Some(Ok(Place::InSet(job, set, file))) = rel.as_deref().map(Place::of) {
-            self.shared.live.closed_for_write(&job, &set, &file);
-        }
+        // By inode: the file may have been renamed or unlinked while open
+        // (the live set knows the name it has now, if any).
+        self.shared.live.closed_for_write(ino.0);
     }
 
     fn fsync(

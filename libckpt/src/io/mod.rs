@@ -389,10 +389,18 @@ impl Target {
     /// a FIFO or device would block or never end.
     fn open_read(path: &Path, want_direct: bool) -> Result<(Target, u64), IoError> {
         let open = |direct: bool| {
-            OpenOptions::new()
-                .read(true)
-                .custom_flags(open_flags(direct))
-                .open(path)
+            let open = |extra: i32| {
+                OpenOptions::new()
+                    .read(true)
+                    .custom_flags(open_flags(direct) | extra)
+                    .open(path)
+            };
+            // Checksumming a file is no access by anyone: leave its atime
+            // alone (O_NOATIME needs the owner or CAP_FOWNER; else plain).
+            match open(libc::O_NOATIME) {
+                Err(e) if e.raw_os_error() == Some(libc::EPERM) => open(0),
+                r => r,
+            }
         };
         let target = Self::open_with(path, want_direct, open)?;
         let meta = target.file.metadata().map_err(|e| target.open_err(e))?;
