@@ -58,7 +58,11 @@ fn bodies(m: &Message) {
         MsgType::PutSet | MsgType::Record => {
             if let Ok(r) = SetRecord::parse(p) {
                 let bytes = r.to_bytes();
-                assert_eq!(SetRecord::parse(&bytes).as_ref(), Ok(&r), "record round trip");
+                assert_eq!(
+                    SetRecord::parse(&bytes).as_ref(),
+                    Ok(&r),
+                    "record round trip"
+                );
             }
         }
         MsgType::Manifest => {}
@@ -71,7 +75,11 @@ fuzz_target!(|data: &[u8]| {
     let Some((&sel, data)) = data.split_first() else {
         return;
     };
-    let cap = if sel & 1 == 0 { usize::MAX } else { MAX_AUTH_MESSAGE };
+    let cap = if sel & 1 == 0 {
+        usize::MAX
+    } else {
+        MAX_AUTH_MESSAGE
+    };
     let mut r = data;
     let mut msgs = Vec::new();
     while msgs.len() < 64 {
@@ -81,7 +89,10 @@ fuzz_target!(|data: &[u8]| {
                 msgs.push(m);
             }
             Err(e) => {
-                assert!(e.to_string().contains("fuzz-peer"), "error without the peer: {e}");
+                assert!(
+                    e.to_string().contains("fuzz-peer"),
+                    "error without the peer: {e}"
+                );
                 break;
             }
         }

@@ -20,7 +20,11 @@ use libfuzzer_sys::fuzz_target;
 fn scratch() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let base = if Path::new("/dev/shm").is_dir() { "/dev/shm" } else { "/tmp" };
+        let base = if Path::new("/dev/shm").is_dir() {
+            "/dev/shm"
+        } else {
+            "/tmp"
+        };
         let d = PathBuf::from(base).join(format!("ckptfs-fuzz-dr-{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).expect("creating the scratch directory");
@@ -44,10 +48,16 @@ fn names(dir: &Path) -> Vec<String> {
 /// files of the atomic writes) may exist under the root.
 fn check_tree(root: &Path) {
     for name in names(root) {
-        assert!(name == "chunks" || name == "sets", "unexpected {name} in the root");
+        assert!(
+            name == "chunks" || name == "sets",
+            "unexpected {name} in the root"
+        );
     }
     for fan in names(&root.join("chunks")) {
-        assert!(fan.len() == 2 && fan.bytes().all(|b| b.is_ascii_hexdigit()), "chunk dir {fan}");
+        assert!(
+            fan.len() == 2 && fan.bytes().all(|b| b.is_ascii_hexdigit()),
+            "chunk dir {fan}"
+        );
         for c in names(&root.join("chunks").join(&fan)) {
             assert!(c.len() == 64 && c.starts_with(&fan), "chunk file {fan}/{c}");
         }
@@ -55,9 +65,15 @@ fn check_tree(root: &Path) {
     for job in names(&root.join("sets")) {
         assert!(!job.starts_with('.') && job != "..", "job dir {job}");
         let dir = root.join("sets").join(&job);
-        assert!(fs::symlink_metadata(&dir).unwrap().is_dir(), "{job} is not a directory");
+        assert!(
+            fs::symlink_metadata(&dir).unwrap().is_dir(),
+            "{job} is not a directory"
+        );
         for set in names(&dir) {
-            assert!(set.ends_with(".json") && !set.starts_with('.'), "record {job}/{set}");
+            assert!(
+                set.ends_with(".json") && !set.starts_with('.'),
+                "record {job}/{set}"
+            );
         }
     }
 }
@@ -80,12 +96,25 @@ fuzz_target!(|data: &[u8]| {
             break;
         };
         let reply = repo.handle(&msg);
-        assert!(reply.kind as u8 >= 0x80, "{} answered with a {}", msg.kind, reply.kind);
+        assert!(
+            reply.kind as u8 >= 0x80,
+            "{} answered with a {}",
+            msg.kind,
+            reply.kind
+        );
         let mut out = Vec::new();
         write_message(&mut out, "fuzz-client", reply.kind, &reply.payload)
             .unwrap_or_else(|e| panic!("the reply to {} cannot be framed: {e}", msg.kind));
     }
-    assert_eq!(names(&work), ["root"], "something was written beside the root");
-    assert_eq!(names(base), ["w"], "something was written beside the scratch dir");
+    assert_eq!(
+        names(&work),
+        ["root"],
+        "something was written beside the root"
+    );
+    assert_eq!(
+        names(base),
+        ["w"],
+        "something was written beside the scratch dir"
+    );
     check_tree(&root);
 });

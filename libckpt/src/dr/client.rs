@@ -1,0 +1,346 @@
+//! [`DrTier`]: the DR site (`ckptfs serve`) as a [`Tier`].
+//!
+//! Every operation opens its own authenticated connection (a drain pushes a
+//! set every few minutes; a pool would mostly hold dead sockets), retries
+//! transient failures with exponential backoff ([`Retry`]) and then reports
+//! [`TierError::Unavailable`] so the drain tries again later. An
+//! authentication failure or a refused request is [`TierError::Refused`]:
+//! retrying would not change it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::auth::Key;
+use super::conn::{Conn, Retry};
+use super::error::DrError;
+use super::proto::{Deleted, Empty, ErrorKind, JobRef, Jobs, MsgType, SetRef, Sets};
+use crate::io::IoEngine;
+use crate::manifest::{Manifest, ManifestError};
+use crate::path::{JobName, SetName};
+use crate::rate::RateLimiter;
+use crate::tier::{PushReport, Resume, Source, Tier, TierError, TierSet};
+
+const TIER: &str = "dr";
+
+/// A DR server as a tier.
+#[derive(Debug, Clone)]
+pub struct DrTier {
+    addr: String,
+    key: Key,
+    level: i32,
+    retry: Retry,
+    connect_timeout: Duration,
+    io_timeout: Duration,
+}
+
+impl DrTier {
+    /// A tier talking to the server at `addr` (`host:port`) with the key in
+    /// `key_file`, compressing chunks at `zstd_level`. Loads and checks the
+    /// key now; connects only when asked to do something, so a server that
+    /// is down at start-up is just a tier to retry later.
+    pub fn new(addr: String, key_file: &Path, zstd_level: i32) -> Result<DrTier, DrError> {
+        let key = Key::load(key_file)?;
+        let range = zstd::compression_level_range();
+        if !range.contains(&zstd_level) {
+            return Err(DrError::Level {
+                level: zstd_level,
+                min: *range.start(),
+                max: *range.end(),
+            });
+        }
+        Ok(DrTier {
+            addr,
+            key,
+            level: zstd_level,
+            retry: Retry::default(),
+            connect_timeout: Duration::from_secs(10),
+            io_timeout: Duration::from_secs(300),
+        })
+    }
+
+    /// Replace the retry policy (default: 6 attempts, 0.2 s doubling to 5 s).
+    pub fn with_retry(mut self, retry: Retry) -> DrTier {
+        self.retry = retry;
+        self
+    }
+
+    /// Replace the connect timeout (default 10 s) and the read/write
+    /// timeout (default 300 s; a delete's sweep of a large store is slow).
+    pub fn with_timeouts(mut self, connect: Duration, io: Duration) -> DrTier {
+        self.connect_timeout = connect;
+        self.io_timeout = io;
+        self
+    }
+
+    pub fn zstd_level(&self) -> i32 {
+        self.level
+    }
+
+    pub(crate) fn connect(&self) -> Result<Conn, DrError> {
+        Conn::open(&self.addr, &self.key, self.connect_timeout, self.io_timeout)
+    }
+
+    pub(crate) fn session(&self) -> Session<'_> {
+        Session {
+            tier: self,
+            conn: None,
+            failures: 0,
+        }
+    }
+}
+
+/// What a DR failure means to the drain.
+pub(crate) fn tier_error(e: DrError) -> TierError {
+    let message = e.to_string();
+    if e.is_transient() {
+        TierError::Unavailable {
+            tier: TIER.into(),
+            message,
+        }
+    } else {
+        TierError::Refused {
+            tier: TIER.into(),
+            message,
+        }
+    }
+}
+
+fn not_found(e: &DrError) -> bool {
+    matches!(
+        e,
+        DrError::Remote {
+            kind: ErrorKind::NotFound,
+            ..
+        }
+    )
+}
+
+/// One operation's connection, re-opened after a transient failure, with
+/// the operation's budget of consecutive failures.
+pub(crate) struct Session<'a> {
+    pub tier: &'a DrTier,
+    conn: Option<Conn>,
+    failures: u32,
+}
+
+impl Session<'_> {
+    /// The open connection, or a new one. Give it back with
+    /// [`put_back`](Session::put_back) after a success; drop it after an
+    /// error (its stream is in an unknown state).
+    pub fn take(&mut self) -> Result<Conn, DrError> {
+        match self.conn.take() {
+            Some(c) => Ok(c),
+            None => self.tier.connect(),
+        }
+    }
+
+    pub fn put_back(&mut self, conn: Conn) {
+        self.conn = Some(conn);
+    }
+
+    /// Something got through: the failure budget starts over.
+    pub fn progressed(&mut self) {
+        self.failures = 0;
+    }
+
+    /// After a failure: whether to try again (after pausing) or give up.
+    /// The caller has dropped the connection if its stream is in doubt.
+    pub fn retry(&mut self, e: &DrError) -> bool {
+        if !e.is_transient() || self.failures + 1 >= self.tier.retry.attempts {
+            return false;
+        }
+        let delay = self.tier.retry.delay(self.failures);
+        self.failures += 1;
+        tracing::info!(
+            peer = %self.tier.addr,
+            error = %e,
+            attempt = self.failures,
+            ?delay,
+            "DR request failed; retrying"
+        );
+        std::thread::sleep(delay);
+        true
+    }
+
+    /// [`retry`](Session::retry) for callers that report a [`TierError`].
+    pub fn pause(&mut self, e: DrError) -> Result<(), TierError> {
+        if self.retry(&e) {
+            Ok(())
+        } else {
+            Err(tier_error(e))
+        }
+    }
+
+    /// Run `f` (one request and its reply) on a connection until it
+    /// succeeds or fails for good.
+    pub fn run<T>(
+        &mut self,
+        mut f: impl FnMut(&mut Conn) -> Result<T, DrError>,
+    ) -> Result<T, DrError> {
+        loop {
+            let e = match self.take() {
+                Ok(mut c) => match f(&mut c) {
+                    Ok(v) => {
+                        self.put_back(c);
+                        self.progressed();
+                        return Ok(v);
+                    }
+                    Err(e) => {
+                        // An error reply leaves the stream in step; anything
+                        // else leaves it in doubt.
+                        if matches!(e, DrError::Remote { .. }) {
+                            self.put_back(c);
+                        }
+                        e
+                    }
+                },
+                Err(e) => e,
+            };
+            if !self.retry(&e) {
+                return Err(e);
+            }
+        }
+    }
+}
+
+impl DrTier {
+    fn set_not_found(job: &JobName, set: &SetName) -> TierError {
+        TierError::NotFound {
+            tier: TIER.into(),
+            job: job.clone(),
+            set: set.clone(),
+        }
+    }
+
+    /// The manifest of a complete set, or `None`.
+    pub(crate) fn fetch_manifest(
+        &self,
+        s: &mut Session<'_>,
+        job: &JobName,
+        set: &SetName,
+    ) -> Result<Option<Manifest>, TierError> {
+        let r = s.run(|c| {
+            c.send_json(
+                MsgType::GetManifest,
+                &SetRef {
+                    job: job.clone(),
+                    set: set.clone(),
+                },
+            )?;
+            c.recv(MsgType::Manifest)
+        });
+        let m = match r {
+            Ok(m) => m,
+            Err(e) if not_found(&e) => return Ok(None),
+            Err(e) => return Err(tier_error(e)),
+        };
+        let bad = |source| TierError::Manifest {
+            tier: TIER.into(),
+            job: job.clone(),
+            set: set.clone(),
+            source,
+        };
+        let manifest = Manifest::parse(&m.payload).map_err(bad)?;
+        if &manifest.job != job || &manifest.set != set {
+            return Err(bad(ManifestError::Invalid {
+                message: format!("it describes {}/{}", manifest.job, manifest.set),
+            }));
+        }
+        Ok(Some(manifest))
+    }
+}
+
+impl Tier for DrTier {
+    fn name(&self) -> &str {
+        TIER
+    }
+
+    fn location(&self) -> String {
+        self.addr.clone()
+    }
+
+    fn jobs(&self) -> Result<Vec<JobName>, TierError> {
+        let r: Jobs = self
+            .session()
+            .run(|c| c.call_json(MsgType::ListJobs, &Empty {}, MsgType::Jobs))
+            .map_err(tier_error)?;
+        Ok(r.jobs)
+    }
+
+    fn sets(&self, job: &JobName) -> Result<Vec<TierSet>, TierError> {
+        let r: Sets = self
+            .session()
+            .run(|c| {
+                c.call_json(
+                    MsgType::ListSets,
+                    &JobRef { job: job.clone() },
+                    MsgType::Sets,
+                )
+            })
+            .map_err(tier_error)?;
+        let mut out: Vec<TierSet> = r
+            .sets
+            .into_iter()
+            .map(|s| TierSet {
+                job: job.clone(),
+                set: s.set,
+                created: s.created,
+                bytes: s.bytes,
+                files: s.files,
+            })
+            .collect();
+        out.sort_by(|a, b| (a.created, &a.set).cmp(&(b.created, &b.set)));
+        Ok(out)
+    }
+
+    fn manifest(&self, job: &JobName, set: &SetName) -> Result<Manifest, TierError> {
+        self.fetch_manifest(&mut self.session(), job, set)?
+            .ok_or_else(|| Self::set_not_found(job, set))
+    }
+
+    fn push(
+        &self,
+        src: &Source<'_>,
+        limiter: &RateLimiter,
+        _resume: &mut dyn Resume,
+    ) -> Result<PushReport, TierError> {
+        // The server answers "which chunks do you lack?", so a resumed push
+        // finds out for itself what is left to send.
+        super::push::push(self, src, limiter)
+    }
+
+    fn fetch(
+        &self,
+        job: &JobName,
+        set: &SetName,
+        dest: &Path,
+        engine: &IoEngine,
+        progress: &dyn Fn(u64),
+    ) -> Result<Manifest, TierError> {
+        super::fetch::fetch(self, job, set, dest, engine, progress)
+    }
+
+    fn delete(&self, job: &JobName, set: &SetName) -> Result<(), TierError> {
+        let r: Deleted = self
+            .session()
+            .run(|c| {
+                c.call_json(
+                    MsgType::DeleteSet,
+                    &SetRef {
+                        job: job.clone(),
+                        set: set.clone(),
+                    },
+                    MsgType::Deleted,
+                )
+            })
+            .map_err(tier_error)?;
+        tracing::info!(
+            peer = %self.addr, %job, %set,
+            existed = r.existed,
+            chunks_removed = r.chunks_removed,
+            bytes_removed = r.bytes_removed,
+            "deleted a set on the DR site"
+        );
+        Ok(())
+    }
+}

@@ -1,0 +1,69 @@
+//! The DR tier's errors, each naming the peer (or the path) it concerns.
+
+use std::io;
+use std::path::PathBuf;
+
+use super::auth::KeyError;
+use super::frame::FrameError;
+use super::proto::ErrorKind;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DrError {
+    #[error("resolving {peer}: {source}")]
+    Resolve {
+        peer: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("connecting to {peer}: {source}")]
+    Connect {
+        peer: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+    #[error("{peer}: authentication failed: {detail}")]
+    AuthFailed { peer: String, detail: String },
+    /// The peer answered with an error message.
+    #[error("{peer}: {kind}: {message}")]
+    Remote {
+        peer: String,
+        kind: ErrorKind,
+        message: String,
+    },
+    /// The peer said something out of turn or unparsable.
+    #[error("{peer}: protocol error: {message}")]
+    Protocol { peer: String, message: String },
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("listening on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The server's own directory.
+    #[error("{op} {}: {source}", path.display())]
+    Root {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("zstd level {level} is outside {min}..={max}")]
+    Level { level: i32, min: i32, max: i32 },
+}
+
+impl DrError {
+    /// The link or the server is down, stalled or busy: worth another try
+    /// after a pause, as opposed to a refusal that will not change.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DrError::Resolve { .. } | DrError::Connect { .. } => true,
+            DrError::Frame(f) => f.is_transport(),
+            DrError::Remote { kind, .. } => kind.is_transient(),
+            _ => false,
+        }
+    }
+}

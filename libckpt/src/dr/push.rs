@@ -1,0 +1,335 @@
+//! Pushing a set to the DR site.
+//!
+//! The set's pieces are read through [`Source::for_each_chunk`] (which
+//! checks each against the manifest's crc32c) in batches of up to 32 MiB.
+//! Per batch: hash the pieces (in parallel), ask the server which it lacks,
+//! compress those (in parallel) and send them with a window of unanswered
+//! chunks, so a long link stays busy. Last, the set record; the server
+//! writes it only once it holds every chunk it names.
+//!
+//! A broken connection is re-opened (with backoff, within the retry
+//! budget, which starts over whenever a chunk gets through) and the batch
+//! goes on from where it was: what the server acknowledged is not asked
+//! about again, and what it stored but could not acknowledge is found by
+//! asking again. So no chunk is sent twice, whether another set already
+//! brought it or a previous connection did.
+
+use std::collections::{HashSet, VecDeque};
+
+use rayon::prelude::*;
+
+use super::blob::{self, BlobError, ChunkHash, ChunkHeader};
+use super::client::{tier_error, DrTier, Session};
+use super::conn::Conn;
+use super::error::DrError;
+use super::piece;
+use super::proto::{ChunkStored, Lacking, Missing, MsgType, SetStored, MAX_LACKING_BATCH};
+use super::record::SetRecord;
+use crate::manifest::Manifest;
+use crate::rate::RateLimiter;
+use crate::tier::{PushReport, Source, TierError};
+
+/// Raw bytes read ahead of the network, per batch.
+const BATCH_BYTES: usize = 32 << 20;
+/// Pieces per batch (small pieces: keep the queries and memory bounded).
+const BATCH_PIECES: usize = 2048;
+/// Chunks sent and not yet acknowledged.
+const WINDOW: usize = 16;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Not known to be on the server yet.
+    Todo,
+    /// On the server (found there, acknowledged, or a duplicate).
+    Done,
+}
+
+struct Pending {
+    file: usize,
+    index: usize,
+    raw: Vec<u8>,
+    /// The manifest's crc32c when the piece is a whole chunk: what the
+    /// server checks the bytes against.
+    crc: Option<u32>,
+    hash: ChunkHash,
+    blob: Option<Result<(ChunkHeader, Vec<u8>), BlobError>>,
+    state: State,
+}
+
+/// Why a batch stopped.
+enum Step {
+    /// The link or the server: reconnect and go on, within the budget.
+    Net(DrError),
+    /// Here: give up.
+    Local(TierError),
+}
+
+impl From<DrError> for Step {
+    fn from(e: DrError) -> Step {
+        Step::Net(e)
+    }
+}
+
+struct Pusher<'a> {
+    s: Session<'a>,
+    manifest: &'a Manifest,
+    dir: &'a std::path::Path,
+    limiter: &'a RateLimiter,
+    level: i32,
+    /// Chunks the server is known to hold.
+    known: HashSet<ChunkHash>,
+    report: PushReport,
+}
+
+pub(crate) fn push(
+    tier: &DrTier,
+    src: &Source<'_>,
+    limiter: &RateLimiter,
+) -> Result<PushReport, TierError> {
+    let m = src.manifest;
+    let mut s = tier.session();
+    let pieces: u64 = m.files.iter().map(piece::count).sum();
+    match tier.fetch_manifest(&mut s, &m.job, &m.set) {
+        Ok(Some(have)) if have.files == m.files => {
+            return Ok(PushReport {
+                skipped: pieces,
+                files: m.files.len() as u64,
+                ..PushReport::default()
+            })
+        }
+        Ok(_) => {}
+        // A damaged record there is replaced by this push.
+        Err(TierError::Manifest { source, .. }) => {
+            tracing::warn!(job = %m.job, set = %m.set, error = %source, "replacing a damaged set record on the DR site");
+        }
+        Err(e) => return Err(e),
+    }
+    let mut p = Pusher {
+        s,
+        manifest: m,
+        dir: &src.dir,
+        limiter,
+        level: tier.zstd_level(),
+        known: HashSet::new(),
+        report: PushReport::default(),
+    };
+    // A second pass only if chunks vanished on the server between being
+    // found there and the record (a delete's sweep past its grace period).
+    for _pass in 0..2 {
+        let chunks = p.send_set(src)?;
+        let record = SetRecord {
+            manifest: m.clone(),
+            chunks,
+        }
+        .to_bytes();
+        let stored: SetStored =
+            p.s.run(|c| {
+                c.send(MsgType::PutSet, &record)?;
+                c.recv_json(MsgType::SetStored)
+            })
+            .map_err(tier_error)?;
+        p.report.bytes_sent += record.len() as u64;
+        if stored.stored {
+            p.report.files = m.files.len() as u64;
+            tracing::info!(job = %m.job, set = %m.set, report = ?p.report, "set pushed to the DR site");
+            return Ok(p.report);
+        }
+        tracing::warn!(
+            job = %m.job, set = %m.set,
+            missing = stored.missing.len(),
+            "the DR server lacks chunks it reported holding; sending them again"
+        );
+        p.known.clear();
+    }
+    Err(TierError::Unavailable {
+        tier: "dr".into(),
+        message: format!(
+            "{}/{}: the server still lacks chunks after they were sent again",
+            m.job, m.set
+        ),
+    })
+}
+
+impl Pusher<'_> {
+    /// Send every piece the server lacks; the hashes of every file's pieces.
+    fn send_set(&mut self, src: &Source<'_>) -> Result<Vec<Vec<ChunkHash>>, TierError> {
+        let m = self.manifest;
+        let mut out: Vec<Vec<ChunkHash>> = m
+            .files
+            .iter()
+            .map(|f| vec![ChunkHash([0; 32]); piece::count(f) as usize])
+            .collect();
+        let mut batch: Vec<Pending> = Vec::new();
+        let mut batch_bytes = 0usize;
+        for (fi, file) in m.files.iter().enumerate() {
+            let mut index = 0usize;
+            src.for_each_chunk(file, &mut |chunk, bytes| {
+                self.report.bytes_read += bytes.len() as u64;
+                for (at, len, _) in piece::split(bytes.len() as u64) {
+                    let at = at as usize;
+                    let whole = len == bytes.len();
+                    batch.push(Pending {
+                        file: fi,
+                        index,
+                        raw: bytes[at..at + len].to_vec(),
+                        crc: file.crc32c.get(chunk as usize).copied().filter(|_| whole),
+                        hash: ChunkHash([0; 32]),
+                        blob: None,
+                        state: State::Todo,
+                    });
+                    index += 1;
+                    batch_bytes += len;
+                }
+                if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_PIECES {
+                    self.flush(&mut batch, &mut out)?;
+                    batch_bytes = 0;
+                }
+                Ok(())
+            })?;
+        }
+        self.flush(&mut batch, &mut out)?;
+        Ok(out)
+    }
+
+    fn flush(
+        &mut self,
+        batch: &mut Vec<Pending>,
+        out: &mut [Vec<ChunkHash>],
+    ) -> Result<(), TierError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        batch
+            .par_iter_mut()
+            .for_each(|p| p.hash = ChunkHash::of(&p.raw));
+        let mut queued = HashSet::new();
+        for p in batch.iter_mut() {
+            let Some(slot) = out.get_mut(p.file).and_then(|v| v.get_mut(p.index)) else {
+                return Err(TierError::local(
+                    &self.manifest.files[p.file].path.under(self.dir),
+                    "more chunks than the manifest lists",
+                ));
+            };
+            *slot = p.hash;
+            if self.known.contains(&p.hash) || !queued.insert(p.hash) {
+                p.state = State::Done;
+                self.report.skipped += 1;
+            }
+        }
+        loop {
+            let mut conn = match self.s.take() {
+                Ok(c) => c,
+                Err(e) => {
+                    self.s.pause(e)?;
+                    continue;
+                }
+            };
+            match self.send_batch(&mut conn, batch) {
+                Ok(()) => {
+                    self.s.put_back(conn);
+                    break;
+                }
+                Err(Step::Net(e)) => {
+                    drop(conn);
+                    self.s.pause(e)?;
+                }
+                Err(Step::Local(e)) => return Err(e),
+            }
+        }
+        batch.clear();
+        Ok(())
+    }
+
+    /// One attempt at the batch over `conn`.
+    fn send_batch(&mut self, conn: &mut Conn, batch: &mut [Pending]) -> Result<(), Step> {
+        let todo: Vec<usize> = (0..batch.len())
+            .filter(|&i| batch[i].state == State::Todo)
+            .collect();
+        let mut lacking = Vec::new();
+        for group in todo.chunks(MAX_LACKING_BATCH) {
+            let hashes = group.iter().map(|&i| batch[i].hash).collect();
+            let r: Missing =
+                conn.call_json(MsgType::Lacking, &Lacking { hashes }, MsgType::Missing)?;
+            let mut missing = vec![false; group.len()];
+            for k in r.missing {
+                match missing.get_mut(k as usize) {
+                    Some(slot) => *slot = true,
+                    None => {
+                        return Err(Step::Net(DrError::Protocol {
+                            peer: conn.peer().into(),
+                            message: format!("it lacks chunk #{k} of a query of {}", group.len()),
+                        }))
+                    }
+                }
+            }
+            for (k, &i) in group.iter().enumerate() {
+                if missing[k] {
+                    lacking.push(i);
+                } else {
+                    batch[i].state = State::Done;
+                    self.known.insert(batch[i].hash);
+                    self.report.skipped += 1;
+                }
+            }
+            self.s.progressed();
+        }
+        let level = self.level;
+        batch
+            .par_iter_mut()
+            .filter(|p| p.state == State::Todo && p.blob.is_none())
+            .for_each(|p| {
+                let crc = p.crc.unwrap_or_else(|| crc32c::crc32c(&p.raw));
+                p.blob = Some(blob::seal_hashed(&p.raw, p.hash, crc, level));
+            });
+        let mut inflight = VecDeque::with_capacity(WINDOW);
+        for &i in &lacking {
+            let (header, data) = match &batch[i].blob {
+                Some(Ok(b)) => b,
+                Some(Err(e)) => {
+                    let path = self.manifest.files[batch[i].file].path.under(self.dir);
+                    return Err(Step::Local(TierError::local(&path, e)));
+                }
+                None => continue,
+            };
+            let header = header.encode();
+            let len = (header.len() + data.len()) as u64;
+            self.limiter.take(len);
+            conn.send_parts(MsgType::PutChunk, &[&header, data])?;
+            self.report.bytes_sent += len;
+            inflight.push_back(i);
+            if inflight.len() >= WINDOW {
+                self.ack(conn, batch, &mut inflight)?;
+            }
+        }
+        while !inflight.is_empty() {
+            self.ack(conn, batch, &mut inflight)?;
+        }
+        Ok(())
+    }
+
+    /// Take the answer to the oldest unanswered chunk.
+    fn ack(
+        &mut self,
+        conn: &mut Conn,
+        batch: &mut [Pending],
+        inflight: &mut VecDeque<usize>,
+    ) -> Result<(), Step> {
+        let r: ChunkStored = conn.recv_json(MsgType::ChunkStored)?;
+        let Some(i) = inflight.pop_front() else {
+            return Ok(());
+        };
+        let p = &mut batch[i];
+        if r.hash != p.hash {
+            return Err(Step::Net(DrError::Protocol {
+                peer: conn.peer().into(),
+                message: format!("acknowledged chunk {} when {} was next", r.hash, p.hash),
+            }));
+        }
+        p.state = State::Done;
+        p.raw = Vec::new();
+        p.blob = None;
+        self.known.insert(p.hash);
+        self.s.progressed();
+        Ok(())
+    }
+}
