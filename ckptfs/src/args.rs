@@ -322,6 +322,13 @@ pub enum Command {
     },
     /// Print the configuration in force, as a TOML file.
     Config,
+    /// Run a disaster-recovery receiver: the other end of --dr HOST:PORT.
+    ///
+    /// Sets arrive as content-addressed chunks (BLAKE3, zstd-compressed on
+    /// the wire and at rest), so a chunk already held is never sent again;
+    /// a set is complete here once its record is written, last. Peers
+    /// prove knowledge of the shared key (mutual HMAC challenge).
+    Serve(crate::serve::ServeArgs),
 }
 
 fn parse_idle(s: &str) -> Result<(String, String), String> {

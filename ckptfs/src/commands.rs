@@ -36,6 +36,11 @@ impl Ctx {
 }
 
 pub fn run(cli: Cli) -> Result<Exit> {
+    if let Command::Serve(args) = &cli.command {
+        // The receiver has no cache: its flags are its whole configuration.
+        crate::serve::run(args)?;
+        return Ok(Exit::Ok);
+    }
     let (config, source) = Config::discover(cli.global.config.as_deref())?;
     let config = config.apply(&cli.global.overrides())?;
     let ctx = Ctx { config, source };
@@ -107,6 +112,7 @@ pub fn run(cli: Cli) -> Result<Exit> {
             mountpoint: None,
             json,
         } => status(&ctx, json),
+        Command::Serve(_) => unreachable!("handled above"),
         Command::Config => {
             print!("{}", ctx.config.to_toml());
             Ok(Exit::Ok)

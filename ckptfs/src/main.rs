@@ -10,6 +10,7 @@ mod exit;
 mod fuse;
 mod mount_cmd;
 mod mountpoint;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -18,7 +19,10 @@ use clap::Parser;
 fn main() -> ExitCode {
     let cli = args::Cli::parse();
     // A daemon's log is read after the fact: say what it did by default.
-    let daemon = matches!(cli.command, args::Command::Mount { .. });
+    let daemon = matches!(
+        cli.command,
+        args::Command::Mount { .. } | args::Command::Serve(_)
+    );
     init_logging(cli.global.verbose + u8::from(daemon));
     match commands::run(cli) {
         Ok(code) => code.into(),

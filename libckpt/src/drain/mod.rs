@@ -105,12 +105,15 @@ pub fn tiers_from_config(c: &crate::config::Config) -> Result<Tiers, TierError> 
     Ok(out)
 }
 
-// TEMPORARY until libckpt::dr lands (replaced before commit).
-fn dr_tier(addr: &str, _key: &std::path::Path, _level: i32) -> Result<Arc<dyn Tier>, TierError> {
-    Err(TierError::Refused {
-        tier: "dr".into(),
-        message: format!("{addr}: not built yet"),
-    })
+/// The DR tier client; the key file is read (and its mode checked) here,
+/// so a bad key is reported at start, not at the first drain.
+fn dr_tier(addr: &str, key: &std::path::Path, level: i32) -> Result<Arc<dyn Tier>, TierError> {
+    crate::dr::DrTier::new(addr.to_owned(), key, level)
+        .map(|t| Arc::new(t) as Arc<dyn Tier>)
+        .map_err(|e| TierError::Refused {
+            tier: "dr".into(),
+            message: e.to_string(),
+        })
 }
 
 type Key = (JobName, SetName);

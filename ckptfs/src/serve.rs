@@ -1,0 +1,70 @@
+//! `ckptfs serve`: the DR site's receiver. Loads the key, binds, serves
+//! until SIGTERM or SIGINT; everything else is `libckpt::dr`.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use libckpt::dr::{Key, Server, ServerOptions};
+
+/// Serve a DR chunk store: the receiving end of `--dr HOST:PORT`.
+///
+/// Sets arrive as content-addressed chunks (BLAKE3, zstd-compressed on the
+/// wire and at rest), so a chunk the store already holds is never sent
+/// again; a set is complete here once its record is written, last.
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Directory holding the chunk store and the set records; created
+    /// (mode 0700) if missing. Nothing is ever written outside it.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+
+    /// Address to listen on (HOST:PORT). The default accepts this machine
+    /// only: peers are authenticated but traffic is not encrypted, so
+    /// listening on a network (e.g. 0.0.0.0:7070) should be a deliberate
+    /// choice, on a trusted network or behind a tunnel.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7070")]
+    pub listen: String,
+
+    /// Shared key file, the same one clients pass as --dr-key. Refused if
+    /// group or others can read it (chmod 600). Create one with
+    /// `openssl rand -hex 32 > FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+}
+
+pub fn run(args: &ServeArgs) -> Result<()> {
+    let key = Key::load(&args.key)?;
+    let server = Server::bind(&args.listen, &args.root, key, ServerOptions::default())?;
+    let addr = server.local_addr();
+    let stop = server.shutdown_handle();
+
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing signal handlers")?;
+    let signal_handle = signals.handle();
+    let signal_thread = std::thread::Builder::new()
+        .name("ckptfs-signals".into())
+        .spawn(move || {
+            let mut seen = signals.forever();
+            if let Some(sig) = seen.next() {
+                tracing::info!(signal = sig, "stopping on signal");
+                stop.shutdown();
+            }
+            // A second signal while connections wind down: stop now.
+            if seen.next().is_some() {
+                eprintln!("ckptfs serve: second signal; exiting without waiting");
+                std::process::exit(1);
+            }
+        })
+        .context("starting the signal thread")?;
+
+    eprintln!(
+        "ckptfs serve: listening on {addr} (root {})",
+        args.root.display()
+    );
+    let served = server.run();
+    signal_handle.close();
+    let _ = signal_thread.join();
+    served?;
+    Ok(())
+}
