@@ -16,16 +16,27 @@ use libckpt::dr::handler::{Repo, RepoOptions};
 use libfuzzer_sys::fuzz_target;
 
 /// A per-process scratch directory, on tmpfs where there is one: the
-/// store fsyncs, and the fuzzer runs it a million times.
+/// store fsyncs, and the fuzzer runs it a million times. libFuzzer exits
+/// without unwinding, so each run first clears what dead runs left.
 fn scratch() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let base = if Path::new("/dev/shm").is_dir() {
-            "/dev/shm"
+            Path::new("/dev/shm")
         } else {
-            "/tmp"
+            Path::new("/tmp")
         };
-        let d = PathBuf::from(base).join(format!("ckptfs-fuzz-dr-{}", std::process::id()));
+        const PREFIX: &str = "ckptfs-fuzz-dr-";
+        for name in names(base) {
+            let dead = name
+                .strip_prefix(PREFIX)
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+            if dead {
+                let _ = fs::remove_dir_all(base.join(&name));
+            }
+        }
+        let d = base.join(format!("{PREFIX}{}", std::process::id()));
         let _ = fs::remove_dir_all(&d);
         fs::create_dir_all(&d).expect("creating the scratch directory");
         d
