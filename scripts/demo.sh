@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # The main job: build ckptfs, mount it at /ckpt with the embedded defaults
-# (cache /var/tmp/ckptfs), and run a demo checkpoint through it.
+# (cache /var/tmp/ckptfs), and run a demo checkpoint through every tier.
 #
 # An application writes checkpoint sets as plain files under /ckpt and
-# commits them; the daemon is killed with SIGKILL in the middle of a set
-# and mounted again, showing that a half-written checkpoint is never
-# offered; a flipped byte is caught by verify; retention keeps the newest
-# sets. Later capabilities extend it through every lower tier.
+# commits them; they drain to a parallel-filesystem directory and to a
+# local DR receiver (`ckptfs serve`). The daemon is killed with SIGKILL in
+# the middle of a set and mounted again: the half-written checkpoint is
+# never offered. The demo job is then wiped from the cache, as on a fresh
+# node, and comes back from the tiers through /ckpt and `ckptfs restore`,
+# verified and compared byte for byte. A flipped byte is caught by verify.
 #
 #   CKPTFS_DEMO_MOUNT=/ckpt   where to mount (default /ckpt)
 set -euo pipefail
@@ -23,32 +25,52 @@ export PATH=$PWD/target/release:$PATH
 mnt=${CKPTFS_DEMO_MOUNT:-/ckpt}
 job=demo-$$
 mkdir -p "$mnt"
+# The lower tiers of the demo: a directory standing for the parallel
+# filesystem, and a DR receiver on this machine with a fresh shared key.
+tiers=$(mktemp -d /var/tmp/ckptfs-demo-tiers.XXXXXX)
+mkdir -p "$tiers/pfs" "$tiers/dr"
+(umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tiers/dr.key")
+port=$((17000 + $$ % 1000))
+tier_flags=(--pfs "$tiers/pfs" --dr "127.0.0.1:$port" --dr-key "$tiers/dr.key" --drain-jitter 0s)
 # A mount left by an earlier run (live or with a dead daemon) goes first.
 if grep -q " $mnt fuse.ckptfs " /proc/mounts; then
     ckptfs umount --force "$mnt" >/dev/null || umount -l "$mnt"
 fi
+serve_pid=
 cleanup() {
     if grep -q " $mnt fuse.ckptfs " /proc/mounts; then
         ckptfs umount --force "$mnt" >/dev/null 2>&1 || umount -l "$mnt" || true
     fi
+    [[ -n $serve_pid ]] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
+    rm -rf "$tiers"
 }
 trap cleanup EXIT
 
 say "the configuration in force (no file needed: built-in defaults)"
 run ckptfs config
 
-say "mount ckptfs at $mnt (returns once the mount is live)"
-run ckptfs mount "$mnt"
+say "a DR receiver (ckptfs serve) on 127.0.0.1:$port"
+ckptfs serve --root "$tiers/dr" --listen "127.0.0.1:$port" --key "$tiers/dr.key" 2>"$tiers/serve.log" &
+serve_pid=$!
+for _ in $(seq 1 200); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+    sleep 0.05
+done
+
+say "mount ckptfs at $mnt with both tiers (returns once the mount is live)"
+run ckptfs mount "$mnt" "${tier_flags[@]}"
 run ckptfs status "$mnt"
 
 say "an application writes three checkpoints as plain files (4 ranks x 16 MiB)"
 for step in 1 2 3; do
     set_dir=$mnt/$job/step-000$step
     mkdir -p "$set_dir"
+    writers=()
     for rank in 0 1 2 3; do
         head -c $((16 << 20)) /dev/urandom > "$set_dir/rank-$rank.bin" &
+        writers+=($!)
     done
-    wait
+    wait "${writers[@]}"
     echo "state before commit: $(getfattr --absolute-names --only-values -n user.ckptfs.state "$set_dir")" >&2
     if ((step == 2)); then
         # The same commit, through an extended attribute (no ckptfs tool needed).
@@ -77,7 +99,7 @@ wait "$writer" 2>/dev/null && echo "writer finished" >&2 || echo "the writer got
 ls "$mnt" 2>&1 | sed 's/^/    /' >&2 || true
 
 say "mount again: the stale mount is recovered, the killed set is never offered"
-run ckptfs mount "$mnt"
+run ckptfs mount "$mnt" "${tier_flags[@]}"
 run ckptfs ls "$job"
 echo "latest complete set:" >&2
 run ckptfs latest "$job"
@@ -85,18 +107,43 @@ run ckptfs latest "$job"
 say "verify re-reads every chunk of the latest set"
 run ckptfs verify "$job"
 
-say "a flipped byte in step-0002 is caught (exit status 4)"
+say "retention: the abandoned set is removed"
+run ckptfs prune "$job"
+
+say "the drain: every complete set to the PFS directory and to the DR site"
+run ckptfs "${tier_flags[@]}" drain "$job" --wait --timeout 10m
+run ckptfs "${tier_flags[@]}" status
+echo "on the PFS, plain files:" >&2
+ls -R "$tiers/pfs/$job" | head -12 >&2
+cp "$mnt/$job/step-0003/rank-2.bin" "$tiers/original-rank-2.bin"
+
+say "a fresh node: the demo job is wiped from the cache"
+run ckptfs umount "$mnt"
+for s in $(ckptfs ls "$job" | awk 'NR > 1 && /^[^ ]/ {print $1}'); do
+    ckptfs rm "$job" "$s" >/dev/null
+done
+ckptfs ls "$job" >/dev/null 2>&1 || echo "the cache holds no set of $job" >&2
+run ckptfs mount "$mnt" "${tier_flags[@]}"
+echo "ls $mnt/$job lists the sets the tiers hold (nothing fetched yet):" >&2
+run ls -l "$mnt/$job"
+echo "reading a file stages its set in from the first tier, verified:" >&2
+run cmp "$mnt/$job/step-0003/rank-2.bin" "$tiers/original-rank-2.bin"
+echo "identical" >&2
+run ckptfs ls "$job"
+
+say "restore from the DR site into a directory, verified chunk by chunk"
+run ckptfs "${tier_flags[@]}" restore "$job" --to "$tiers/restored" --from dr
+run cmp "$tiers/restored/rank-2.bin" "$tiers/original-rank-2.bin"
+echo "identical" >&2
+
+say "a flipped byte in the cache is caught (exit status 4)"
 cache=$(dirname "$(dirname "$(ckptfs latest "$job" --path)")")
-f=$cache/$job/step-0002/rank-1.bin
+f=$cache/$job/step-0003/rank-1.bin
 printf '\xff' | dd of="$f" bs=1 seek=3000000 conv=notrunc status=none
 set +e
-ckptfs verify "$job" step-0002
+ckptfs verify "$job" step-0003
 echo "exit status: $?" >&2
 set -e
-
-say "retention: keep the newest 3 complete sets, remove the abandoned one"
-run ckptfs prune "$job"
-run ckptfs ls "$job"
 
 say "status of the mount"
 run ckptfs status "$mnt"
@@ -106,4 +153,4 @@ run ckptfs umount "$mnt"
 for s in $(ckptfs ls "$job" | awk 'NR > 1 && /^[^ ]/ {print $1}'); do
     ckptfs rm "$job" "$s" >/dev/null
 done
-echo "demo finished: every step above ran against a real mount and the real store in $cache" >&2
+echo "demo finished: every step above ran against a real mount, the real store in $cache, a PFS directory and a DR receiver" >&2
