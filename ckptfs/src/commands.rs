@@ -488,19 +488,8 @@ fn status(ctx: &Ctx, json: bool) -> Result<Exit> {
         ByteSize::b(store.options().chunk_size),
         store.options().keep
     );
-    for t in &drain_status {
-        println!(
-            "tier {} ({}): {} set(s) pending, {}, RPO exposure {}{}",
-            t.tier,
-            t.location,
-            t.pending.len(),
-            ByteSize::b(t.bytes_pending),
-            t.rpo_exposure_seconds
-                .map_or("none".to_owned(), |s| format!("{s} s")),
-            t.last_error
-                .as_deref()
-                .map_or(String::new(), |e| format!("; last error: {e}"))
-        );
+    for line in crate::drain_cmd::tier_lines(&drain_status) {
+        println!("{line}");
     }
     for j in &jobs {
         println!(

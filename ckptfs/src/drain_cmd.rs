@@ -43,24 +43,40 @@ fn progress_bar(total: u64, what: &str) -> Option<indicatif::ProgressBar> {
     Some(pb)
 }
 
+/// One line per tier of a drain status (as JSON: from the library or from
+/// a daemon's control socket, which sends the same shape).
+pub fn tier_line(t: &serde_json::Value) -> String {
+    let rate = t["current_rate"]
+        .as_f64()
+        .map_or("-".to_owned(), |r| format!("{}/s", ByteSize::b(r as u64)));
+    let rpo = t["rpo_exposure_seconds"]
+        .as_u64()
+        .map_or("none".to_owned(), |s| format!("{s} s"));
+    format!(
+        "tier {} ({}): {} set(s) pending, {} pending, rate {rate}, RPO exposure {rpo}{}",
+        t["tier"].as_str().unwrap_or("?"),
+        t["location"].as_str().unwrap_or("?"),
+        t["pending"].as_array().map_or(0, Vec::len),
+        ByteSize::b(t["bytes_pending"].as_u64().unwrap_or(0)),
+        t["last_error"]
+            .as_str()
+            .map_or(String::new(), |e| format!("; last error: {e}"))
+    )
+}
+
+pub fn tier_lines(status: &[TierStatus]) -> Vec<String> {
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_array().cloned())
+        .unwrap_or_default()
+        .iter()
+        .map(tier_line)
+        .collect()
+}
+
 fn print_tier_lines(status: &[TierStatus]) {
-    for t in status {
-        let rate = t
-            .current_rate
-            .map_or("-".to_owned(), |r| format!("{}/s", ByteSize::b(r as u64)));
-        let rpo = t
-            .rpo_exposure_seconds
-            .map_or("none".to_owned(), |s| format!("{s} s"));
-        eprintln!(
-            "{} ({}): {} set(s) pending, {} pending, rate {rate}, RPO exposure {rpo}{}",
-            t.tier,
-            t.location,
-            t.pending.len(),
-            ByteSize::b(t.bytes_pending),
-            t.last_error
-                .as_deref()
-                .map_or(String::new(), |e| format!(", last error: {e}"))
-        );
+    for line in tier_lines(status) {
+        eprintln!("{line}");
     }
 }
 

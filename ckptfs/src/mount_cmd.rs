@@ -148,22 +148,7 @@ fn print_status(v: &Value) {
         None => println!("I/O engine: {}", v["io"]["path"].as_str().unwrap_or("?")),
     }
     for t in v["drain"].as_array().into_iter().flatten() {
-        let rpo = t["rpo_exposure_seconds"]
-            .as_u64()
-            .map_or("none".to_owned(), |s| format!("{s} s"));
-        let rate = t["current_rate"]
-            .as_f64()
-            .map_or("-".to_owned(), |r| format!("{}/s", bytesize::ByteSize::b(r as u64)));
-        println!(
-            "tier {} ({}): {} set(s) pending, {} pending, rate {rate}, RPO exposure {rpo}{}",
-            t["tier"].as_str().unwrap_or("?"),
-            t["location"].as_str().unwrap_or("?"),
-            t["pending"].as_array().map_or(0, Vec::len),
-            bytesize::ByteSize::b(t["bytes_pending"].as_u64().unwrap_or(0)),
-            t["last_error"]
-                .as_str()
-                .map_or(String::new(), |e| format!("; last error: {e}"))
-        );
+        println!("{}", crate::drain_cmd::tier_line(t));
     }
     if let Some(open) = v["open_files"].as_array().filter(|a| !a.is_empty()) {
         println!("open for writing: {}", open.len());

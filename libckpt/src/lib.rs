@@ -40,3 +40,6 @@ pub mod statfs;
 pub mod store;
 pub mod tier;
 pub mod verify;
+
+#[cfg(test)]
+mod testutil;

@@ -574,21 +574,11 @@ impl LiveSets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{EngineKind, IoOptions};
     use crate::store::StoreOptions;
 
     fn live(idle: &[(&str, u64)]) -> (tempfile::TempDir, LiveSets) {
-        let d = tempfile::Builder::new()
-            .prefix("ckpt-live-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let engine = Arc::new(
-            IoEngine::new(&IoOptions {
-                kind: EngineKind::Fallback,
-                ..IoOptions::default()
-            })
-            .unwrap(),
-        );
+        let d = crate::testutil::scratch("ckpt-live-");
+        let engine = crate::testutil::fallback_engine();
         let store = Store::open(d.path(), engine.clone(), StoreOptions::default()).unwrap();
         let rules = idle
             .iter()

@@ -309,7 +309,6 @@ pub fn stage_in(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{EngineKind, IoEngine, IoOptions};
     use crate::path::RelPath;
     use crate::rate::RateLimiter;
     use crate::store::StoreOptions;
@@ -317,31 +316,19 @@ mod tests {
     use crate::tier::{NoResume, Source};
 
     fn store_at(dir: &Path) -> Store {
-        let engine = Arc::new(
-            IoEngine::new(&IoOptions {
-                kind: EngineKind::Fallback,
-                ..IoOptions::default()
-            })
-            .unwrap(),
-        );
-        Store::open(
+        crate::testutil::store_at(
             dir,
-            engine,
             StoreOptions {
                 chunk_size: 64 * 1024,
                 keep: 0,
                 required_tiers: vec![],
             },
         )
-        .unwrap()
     }
 
     #[test]
     fn restore_on_an_empty_node_falls_back_past_a_corrupt_tier() {
-        let d = tempfile::Builder::new()
-            .prefix("ckpt-stage-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
+        let d = crate::testutil::scratch("ckpt-stage-");
         let node1 = store_at(&d.path().join("node1"));
         let job = JobName::new("j").unwrap();
         let set = SetName::new("s1").unwrap();

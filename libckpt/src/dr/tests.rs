@@ -21,7 +21,6 @@ use super::proto::{self, ErrorKind, ErrorReply, MsgType, SetStored};
 use super::record::SetRecord;
 use super::server::{Server, ServerOptions, ShutdownHandle};
 use super::{DrError, DrTier};
-use crate::io::{EngineKind, IoEngine, IoOptions};
 use crate::manifest::Manifest;
 use crate::path::{JobName, RelPath, SetName};
 use crate::rate::RateLimiter;
@@ -42,20 +41,10 @@ impl Site {
     }
 
     fn with_chunk_size(chunk_size: u64) -> Site {
-        let dir = tempfile::Builder::new()
-            .prefix("ckpt-dr-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let engine = Arc::new(
-            IoEngine::new(&IoOptions {
-                kind: EngineKind::Fallback,
-                ..IoOptions::default()
-            })
-            .unwrap(),
-        );
+        let dir = crate::testutil::scratch("ckpt-dr-");
         let store = Store::open(
             &dir.path().join("cache"),
-            engine,
+            crate::testutil::fallback_engine(),
             StoreOptions {
                 chunk_size,
                 keep: 0,

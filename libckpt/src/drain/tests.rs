@@ -5,33 +5,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::*;
-use crate::io::{EngineKind, IoEngine, IoOptions};
 use crate::path::RelPath;
 use crate::store::StoreOptions;
 use crate::tier::pfs::PfsTier;
 
 fn setup(keep: usize) -> (tempfile::TempDir, Store) {
-    let d = tempfile::Builder::new()
-        .prefix("ckpt-drain-")
-        .tempdir_in("/var/tmp")
-        .unwrap();
-    let engine = Arc::new(
-        IoEngine::new(&IoOptions {
-            kind: EngineKind::Fallback,
-            ..IoOptions::default()
-        })
-        .unwrap(),
-    );
-    let store = Store::open(
+    let d = crate::testutil::scratch("ckpt-drain-");
+    let store = crate::testutil::store_at(
         &d.path().join("cache"),
-        engine,
         StoreOptions {
             chunk_size: 64 * 1024,
             keep,
             required_tiers: vec!["pfs".into()],
         },
-    )
-    .unwrap();
+    );
     (d, store)
 }
 
@@ -173,7 +160,9 @@ fn a_resumed_push_skips_delivered_files() {
         }
     }));
     let workers = drain.start();
-    wait_for("the drain", || drain.outstanding(None) == (0, 0));
+    // The event comes after the journal says done: wait for the event.
+    wait_for("the drain's Done event", || sent.lock().unwrap().is_some());
+    assert_eq!(drain.outstanding(None), (0, 0));
     let report = sent.lock().unwrap().clone().unwrap();
     assert_eq!(report.bytes_sent, 100_000, "only b was sent again");
     assert_eq!(report.skipped, 1);

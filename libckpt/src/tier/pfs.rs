@@ -306,34 +306,20 @@ impl Tier for PfsTier {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::io::{EngineKind, IoOptions};
     use crate::path::RelPath;
     use crate::store::{Store, StoreOptions};
     use crate::tier::NoResume;
-    use std::sync::Arc;
 
     fn setup() -> (tempfile::TempDir, Store, PfsTier) {
-        let d = tempfile::Builder::new()
-            .prefix("ckpt-pfs-")
-            .tempdir_in("/var/tmp")
-            .unwrap();
-        let engine = Arc::new(
-            IoEngine::new(&IoOptions {
-                kind: EngineKind::Fallback,
-                ..IoOptions::default()
-            })
-            .unwrap(),
-        );
-        let store = Store::open(
+        let d = crate::testutil::scratch("ckpt-pfs-");
+        let store = crate::testutil::store_at(
             &d.path().join("cache"),
-            engine,
             StoreOptions {
                 chunk_size: 64 * 1024,
                 keep: 0,
                 ..Default::default()
             },
-        )
-        .unwrap();
+        );
         fs::create_dir(d.path().join("pfs")).unwrap();
         let pfs = PfsTier::new(&d.path().join("pfs"));
         (d, store, pfs)
