@@ -130,6 +130,11 @@ pub struct Global {
     #[arg(long, global = true, value_name = "PERCENT")]
     pub drain_low_watermark: Option<u8>,
 
+    /// Drain sealed files of a mount's sets before their commit
+    /// [config: drain.early; default false].
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub drain_early: Option<bool>,
+
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -158,6 +163,7 @@ impl Global {
             drain_backoff_max: self.drain_backoff_max.clone(),
             drain_high_watermark: self.drain_high_watermark,
             drain_low_watermark: self.drain_low_watermark,
+            drain_early: self.drain_early,
             ..Overrides::default()
         }
     }

@@ -259,6 +259,9 @@ fn prepare(config: &Config, req: &MountRequest) -> Result<Arc<Daemon>> {
         )
     });
     if let Some(d) = &drain {
+        if config.drain.early {
+            d.set_early(Arc::new(live.clone()));
+        }
         let d = d.clone();
         live.on_commit(Box::new(move |_, _| d.notify()));
     }

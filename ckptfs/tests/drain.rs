@@ -213,13 +213,13 @@ fn daemon_killed_mid_drain_resumes_without_resending() {
         fs::read(&journal)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v["files_done"].as_array().map(Vec::len))
+            .and_then(|v| v["files_done"].as_object().map(|o| o.len()))
             .is_some_and(|n| n >= 2)
     });
     m.kill9();
     let before: Value =
         serde_json::from_slice(&fs::read(&journal).expect("journal")).expect("journal json");
-    let done_before = before["files_done"].as_array().map_or(0, Vec::len);
+    let done_before = before["files_done"].as_object().map_or(0, |o| o.len());
     assert!(
         done_before < files.len(),
         "the drain finished before the kill"
@@ -289,4 +289,58 @@ fn a_flipped_byte_on_the_pfs_is_caught_on_restore() {
         err.contains("rank-0.bin") && err.contains("chunk 1") && err.contains("corrupt"),
         "{err}"
     );
+}
+
+#[test]
+fn early_drain_sends_sealed_files_before_the_commit() {
+    let pfs_root = tempfile::Builder::new()
+        .prefix("ckptfs-pfs-")
+        .tempdir_in("/var/tmp")
+        .expect("pfs dir");
+    let pfs = pfs_root.path().join("pfs");
+    fs::create_dir(&pfs).expect("mkdir pfs");
+    let mut args = pfs_args(&pfs);
+    args.extend(["--drain-early".into(), "true".into()]);
+    let m = Mount::start(with_args(Opts::new(DataPath::Passthrough), &args));
+    let dir = m.new_set("job", "s");
+    let a = data(2 << 20, 21);
+    fs::write(dir.join("a.bin"), &a).expect("write a");
+    fs::write(dir.join("b.bin"), data(1 << 20, 22)).expect("write b");
+    // Sealed and closed, not committed: the files go ahead, the manifest
+    // does not.
+    wait_until("the early drain of a.bin and b.bin", common::WAIT, || {
+        pfs.join("job/s/a.bin").is_file() && pfs.join("job/s/b.bin").is_file()
+    });
+    assert!(!pfs.join("job/.manifests/s.json").exists());
+    assert_eq!(fs::read(pfs.join("job/s/a.bin")).expect("pfs a"), a);
+    // b changes after it left: the final push must send the new version.
+    let b2 = data(1 << 20, 23);
+    fs::write(dir.join("b.bin"), &b2).expect("rewrite b");
+    m.commit_ok("job", "s");
+    wait_until("the final push", common::WAIT, || pending(&m) == 0);
+    assert_eq!(fs::read(pfs.join("job/s/b.bin")).expect("pfs b"), b2);
+    assert_eq!(fs::read(pfs.join("job/s/a.bin")).expect("pfs a"), a);
+    let journal: Value = serde_json::from_slice(
+        &fs::read(m.c(".ckptfs/sets/job/s/drain/pfs.json")).expect("journal"),
+    )
+    .expect("journal json");
+    assert_eq!(journal["state"], "done");
+    // The early pushes sent a and b; the final one only b's new version.
+    let restored = pfs_root.path().join("restored");
+    let out = Command::new(common::BIN)
+        .env("CKPTFS_CONFIG", "/dev/null")
+        .arg("--cache")
+        .arg(pfs_root.path().join("empty-cache"))
+        .arg("--pfs")
+        .arg(&pfs)
+        .args(["restore", "job", "s", "--to"])
+        .arg(&restored)
+        .output()
+        .expect("run ckptfs restore");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(fs::read(restored.join("b.bin")).expect("restored b"), b2);
 }

@@ -72,6 +72,10 @@ pub struct DrainConfig {
     /// (percent), down to `low_watermark`.
     pub high_watermark: u8,
     pub low_watermark: u8,
+    /// Drain sealed files of a mount's sets before they are committed, so
+    /// the commit leaves less to send (off by default: a file deleted
+    /// before the commit has then crossed the network for nothing).
+    pub early: bool,
 }
 
 impl Default for DrainConfig {
@@ -82,6 +86,7 @@ impl Default for DrainConfig {
             backoff_max: "5m".into(),
             high_watermark: 90,
             low_watermark: 75,
+            early: false,
         }
     }
 }
@@ -248,6 +253,7 @@ pub struct Overrides {
     pub drain_backoff_max: Option<String>,
     pub drain_high_watermark: Option<u8>,
     pub drain_low_watermark: Option<u8>,
+    pub drain_early: Option<bool>,
 }
 
 /// Where the configuration in force came from, for `status` and errors.
@@ -366,6 +372,7 @@ impl Config {
         set(&mut self.drain.backoff_max, o.drain_backoff_max.clone());
         set(&mut self.drain.high_watermark, o.drain_high_watermark);
         set(&mut self.drain.low_watermark, o.drain_low_watermark);
+        set(&mut self.drain.early, o.drain_early);
         self.check(|key| (format!("--{}", flag_of(key)), key))?;
         Ok(self)
     }

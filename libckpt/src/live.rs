@@ -571,6 +571,33 @@ impl LiveSets {
     }
 }
 
+impl crate::drain::EarlySource for LiveSets {
+    fn sealed(&self) -> Vec<Manifest> {
+        let host = crate::store::host_name();
+        self.lock()
+            .iter()
+            .filter_map(|((job, set), s)| {
+                // A file still open for writing may change: not yet.
+                let files: Vec<_> = s
+                    .writer
+                    .sealed_entries()
+                    .into_iter()
+                    .filter(|f| !s.is_open(&f.path))
+                    .collect();
+                (!files.is_empty()).then(|| {
+                    Manifest::new(
+                        job.clone(),
+                        set.clone(),
+                        s.writer.created(),
+                        host.clone(),
+                        files,
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -937,6 +937,30 @@ impl SetWriter {
         self.seals.insert(rel.clone(), Seal { digest, mtime });
     }
 
+    /// The files sealed and unchanged since, as manifest entries (for the
+    /// early drain: they may leave the node before the set is committed).
+    pub fn sealed_entries(&self) -> Vec<FileEntry> {
+        self.seals
+            .iter()
+            .filter_map(|(rel, seal)| {
+                let md = fs::metadata(rel.under(&self.dir)).ok()?;
+                seal.matches(&md).then(|| FileEntry {
+                    path: rel.clone(),
+                    size: seal.digest.size,
+                    mode: md.mode() & 0o7777,
+                    mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                    chunk_size: seal.digest.chunk_size,
+                    crc32c: seal.digest.crc32c.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// When the set was created.
+    pub fn created(&self) -> SystemTime {
+        self.created
+    }
+
     /// Forget a file's seal (it was removed or renamed).
     pub fn drop_seal(&mut self, rel: &RelPath) -> Option<FileDigest> {
         self.seals.remove(rel).map(|s| s.digest)

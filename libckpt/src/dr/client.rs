@@ -309,6 +309,37 @@ impl Tier for DrTier {
         super::push::push(self, src, limiter)
     }
 
+    fn push_early(
+        &self,
+        src: &Source<'_>,
+        limiter: &RateLimiter,
+        resume: &mut dyn Resume,
+    ) -> Result<PushReport, TierError> {
+        // Only what changed since the last early push: the server would
+        // dedup the rest anyway, but reading and hashing it is not free.
+        let todo: Vec<_> = src
+            .manifest
+            .files
+            .iter()
+            .filter(|f| !resume.is_done(f))
+            .cloned()
+            .collect();
+        if todo.is_empty() {
+            return Ok(PushReport::default());
+        }
+        let mut m = src.manifest.clone();
+        m.files = todo;
+        let partial = Source {
+            engine: src.engine,
+            manifest: &m,
+            dir: src.dir.clone(),
+        };
+        let report = super::push::push_chunks(self, &partial, limiter)?;
+        for f in &m.files {
+            resume.mark_done(f)?;
+        }
+        Ok(report)
+    }
     fn fetch(
         &self,
         job: &JobName,

@@ -150,6 +150,27 @@ pub(crate) fn push(
     })
 }
 
+/// The early drain: send the chunks of sealed files the server lacks,
+/// without a set record. The push of the completed set finds them there.
+pub(crate) fn push_chunks(
+    tier: &DrTier,
+    src: &Source<'_>,
+    limiter: &RateLimiter,
+) -> Result<PushReport, TierError> {
+    let mut p = Pusher {
+        s: tier.session(),
+        manifest: src.manifest,
+        dir: &src.dir,
+        limiter,
+        level: tier.zstd_level(),
+        known: HashSet::new(),
+        report: PushReport::default(),
+    };
+    p.send_set(src)?;
+    p.report.files = src.manifest.files.len() as u64;
+    Ok(p.report)
+}
+
 impl Pusher<'_> {
     /// Send every piece the server lacks; the hashes of every file's pieces.
     fn send_set(&mut self, src: &Source<'_>) -> Result<Vec<Vec<ChunkHash>>, TierError> {

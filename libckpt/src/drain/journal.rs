@@ -6,15 +6,15 @@
 //! push resumes where it stopped (nothing sent twice) and a set counts as
 //! safe on a tier only once the tier has its manifest (nothing lost).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use serde::{Deserialize, Serialize};
 
 use crate::durable::{self, PathError};
-use crate::path::RelPath;
-use crate::tier::{Resume, TierError};
+use crate::manifest::FileEntry;
+use crate::tier::{fingerprint, Resume, TierError};
 
 const DIR: &str = "drain";
 
@@ -28,31 +28,52 @@ pub enum State {
     Failed,
 }
 
+/// Journal format version written by this build.
+pub const VERSION: u32 = 1;
+
 /// One set's progress to one tier.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Progress {
+    pub version: u32,
     pub state: State,
     pub attempts: u32,
     pub last_error: Option<String>,
-    /// Files delivered so far by the current push.
-    pub files_done: BTreeSet<String>,
+    /// Files delivered so far (by the current push, or early), with the
+    /// fingerprint of the version delivered: a file changed since is sent
+    /// again.
+    pub files_done: BTreeMap<String, u64>,
     pub bytes_sent: u64,
     #[serde(with = "humantime_serde")]
     pub done_at: Option<SystemTime>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            version: VERSION,
+            state: State::Pending,
+            attempts: 0,
+            last_error: None,
+            files_done: BTreeMap::new(),
+            bytes_sent: 0,
+            done_at: None,
+        }
+    }
 }
 
 fn path(meta: &Path, tier: &str) -> PathBuf {
     meta.join(DIR).join(format!("{tier}.json"))
 }
 
-/// The progress of the set whose metadata directory is `meta`; a missing
-/// or unreadable record means "pending from scratch": resending is safe,
-/// skipping is not.
+/// The progress of the set whose metadata directory is `meta`; a missing,
+/// unreadable or future-version record means "pending from scratch":
+/// resending is safe, skipping is not.
 pub fn load(meta: &Path, tier: &str) -> Progress {
     std::fs::read(path(meta, tier))
         .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
+        .and_then(|b| serde_json::from_slice::<Progress>(&b).ok())
+        .filter(|p| p.version <= VERSION)
         .unwrap_or_default()
 }
 
@@ -75,12 +96,14 @@ pub struct JournalResume {
 }
 
 impl Resume for JournalResume {
-    fn is_done(&self, file: &RelPath) -> bool {
-        self.progress.files_done.contains(file.as_str())
+    fn is_done(&self, file: &FileEntry) -> bool {
+        self.progress.files_done.get(file.path.as_str()) == Some(&fingerprint(file))
     }
 
-    fn mark_done(&mut self, file: &RelPath) -> Result<(), TierError> {
-        self.progress.files_done.insert(file.to_string());
+    fn mark_done(&mut self, file: &FileEntry) -> Result<(), TierError> {
+        self.progress
+            .files_done
+            .insert(file.path.to_string(), fingerprint(file));
         save(&self.meta, &self.tier, &self.progress).map_err(|e| TierError::Local {
             path: e.path.clone(),
             message: e.to_string(),
@@ -102,8 +125,22 @@ mod tests {
             tier: "pfs".into(),
             progress: Progress::default(),
         };
-        r.mark_done(&RelPath::new("a/b").unwrap()).unwrap();
-        assert!(load(d.path(), "pfs").files_done.contains("a/b"));
+        let f = crate::manifest::FileEntry {
+            path: crate::path::RelPath::new("a/b").unwrap(),
+            size: 3,
+            mode: 0o600,
+            mtime: SystemTime::UNIX_EPOCH,
+            chunk_size: 4096,
+            crc32c: vec![7],
+        };
+        r.mark_done(&f).unwrap();
+        assert!(load(d.path(), "pfs").files_done.contains_key("a/b"));
+        assert!(r.is_done(&f));
+        let changed = crate::manifest::FileEntry {
+            crc32c: vec![8],
+            ..f.clone()
+        };
+        assert!(!r.is_done(&changed), "a changed file must be sent again");
         let p = Progress {
             state: State::Done,
             done_at: Some(SystemTime::now()),

@@ -28,6 +28,13 @@ use crate::tier::{PushReport, Source, Tier, TierError};
 
 use journal::{JournalResume, State};
 
+/// Sets being written whose sealed files may drain before their commit
+/// (the opt-in early drain): provisional manifests listing just those
+/// files, unchanged since they were sealed.
+pub trait EarlySource: Send + Sync {
+    fn sealed(&self) -> Vec<crate::manifest::Manifest>;
+}
+
 /// Per-tier policy.
 #[derive(Debug, Clone)]
 pub struct TierPolicy {
@@ -218,6 +225,7 @@ pub struct Drain {
     cv: Condvar,
     stop: AtomicBool,
     listeners: Mutex<Vec<Listener>>,
+    early: Mutex<Option<Arc<dyn EarlySource>>>,
 }
 
 fn rand_fraction() -> f64 {
@@ -243,6 +251,7 @@ impl Drain {
             cv: Condvar::new(),
             stop: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
+            early: Mutex::new(None),
         })
     }
 
@@ -270,6 +279,44 @@ impl Drain {
             .iter()
         {
             f(&e);
+        }
+    }
+
+    /// Drain sealed files of uncommitted sets too, from `src`.
+    pub fn set_early(&self, src: Arc<dyn EarlySource>) {
+        *self.early.lock().unwrap_or_else(|p| p.into_inner()) = Some(src);
+    }
+
+    /// With nothing complete to send: the sealed files of sets still being
+    /// written, so their final push has less to do. Failures only delay.
+    fn drain_early(&self, slot: &Slot) {
+        let Some(src) = self.early.lock().unwrap_or_else(|p| p.into_inner()).clone() else {
+            return;
+        };
+        for m in src.sealed() {
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            let meta = self.store.meta_dir(&m.job, &m.set);
+            let mut resume = JournalResume {
+                meta: meta.clone(),
+                tier: slot.tier.name().to_owned(),
+                progress: journal::load(&meta, slot.tier.name()),
+            };
+            let source = Source {
+                engine: self.store.engine(),
+                manifest: &m,
+                dir: self.store.set_dir(&m.job, &m.set),
+            };
+            match slot.tier.push_early(&source, &slot.limiter, &mut resume) {
+                Ok(r) if r.bytes_sent > 0 => {
+                    tracing::debug!(tier = slot.tier.name(), job = %m.job, set = %m.set,
+                        files = r.files, bytes = r.bytes_sent, "sealed files drained early");
+                }
+                Ok(_) => {}
+                Err(e) => tracing::debug!(tier = slot.tier.name(), job = %m.job, set = %m.set,
+                    error = %e, "early drain deferred"),
+            }
         }
     }
 
@@ -325,7 +372,10 @@ impl Drain {
                     }
                     self.attempt(slot, &info);
                 }
-                None => self.pause(self.idle_wait(slot)),
+                None => {
+                    self.drain_early(slot);
+                    self.pause(self.idle_wait(slot));
+                }
             }
         }
     }

@@ -127,10 +127,10 @@ fn a_resumed_push_skips_delivered_files() {
     };
     struct StopAfterA<'a>(&'a mut JournalResume);
     impl crate::tier::Resume for StopAfterA<'_> {
-        fn is_done(&self, f: &RelPath) -> bool {
+        fn is_done(&self, f: &crate::manifest::FileEntry) -> bool {
             self.0.is_done(f)
         }
-        fn mark_done(&mut self, f: &RelPath) -> Result<(), TierError> {
+        fn mark_done(&mut self, f: &crate::manifest::FileEntry) -> Result<(), TierError> {
             self.0.mark_done(f)?;
             Err(TierError::Unavailable {
                 tier: "pfs".into(),

@@ -201,20 +201,33 @@ impl Source<'_> {
 /// drain's journal so a resumed push sends nothing twice. Tiers that find
 /// out for themselves (a chunk store asks the receiver) may ignore it.
 pub trait Resume {
-    fn is_done(&self, file: &crate::path::RelPath) -> bool;
-    fn mark_done(&mut self, file: &crate::path::RelPath) -> Result<(), TierError>;
+    /// True when this very version of `file` (same size and crc32c) was
+    /// already delivered.
+    fn is_done(&self, file: &FileEntry) -> bool;
+    fn mark_done(&mut self, file: &FileEntry) -> Result<(), TierError>;
 }
 
 /// A push from scratch, remembering nothing.
 pub struct NoResume;
 
 impl Resume for NoResume {
-    fn is_done(&self, _: &crate::path::RelPath) -> bool {
+    fn is_done(&self, _: &FileEntry) -> bool {
         false
     }
-    fn mark_done(&mut self, _: &crate::path::RelPath) -> Result<(), TierError> {
+    fn mark_done(&mut self, _: &FileEntry) -> Result<(), TierError> {
         Ok(())
     }
+}
+
+/// A file version's identity for the journal: its size, chunking and
+/// crc32c list, folded into one number.
+pub fn fingerprint(file: &FileEntry) -> u64 {
+    let mut h = crc32c::crc32c(&file.size.to_le_bytes());
+    h = crc32c::crc32c_append(h, &file.chunk_size.to_le_bytes());
+    for c in &file.crc32c {
+        h = crc32c::crc32c_append(h, &c.to_le_bytes());
+    }
+    (file.size << 32) ^ u64::from(h)
 }
 
 /// A place complete sets are kept. Implementations: [`pfs::PfsTier`] (a
@@ -253,6 +266,21 @@ pub trait Tier: Send + Sync {
     /// Remove a set: the manifest first, so an interrupted delete never
     /// leaves a complete set with missing data.
     fn delete(&self, job: &JobName, set: &SetName) -> Result<(), TierError>;
+
+    /// The opt-in early drain: send the sealed files of a set that is not
+    /// complete yet (`src.manifest` is provisional: job, set and those
+    /// files), so that the push of the completed set has less left to do.
+    /// Never makes the set complete on the tier. A tier that only takes
+    /// whole sets sends nothing.
+    fn push_early(
+        &self,
+        src: &Source<'_>,
+        limiter: &RateLimiter,
+        resume: &mut dyn Resume,
+    ) -> Result<PushReport, TierError> {
+        let _ = (src, limiter, resume);
+        Ok(PushReport::default())
+    }
 }
 
 /// Copy a set's files from `from` (a directory laid out like the set) into

@@ -234,14 +234,14 @@ impl Tier for PfsTier {
             .map_err(|e| self.unavailable("creating", &dir, e.source))?;
         for file in &m.files {
             report.files += 1;
-            if resume.is_done(&file.path) && file.path.under(&dir).is_file() {
+            if resume.is_done(file) && file.path.under(&dir).is_file() {
                 report.skipped += 1;
                 continue;
             }
             let sent = self.push_file(src, file, &dir, limiter)?;
             report.bytes_read += sent;
             report.bytes_sent += sent;
-            resume.mark_done(&file.path)?;
+            resume.mark_done(file)?;
         }
         // Every directory entry durable before the manifest says "complete".
         for d in walkdir::WalkDir::new(&dir)
@@ -261,6 +261,32 @@ impl Tier for PfsTier {
             .map_err(|e| self.unavailable("creating", &mdir, e))?;
         durable::write_atomic(&mpath, &m.to_bytes(), 0o644)
             .map_err(|e| self.unavailable("writing", &mpath, e.source))?;
+        Ok(report)
+    }
+
+    fn push_early(
+        &self,
+        src: &Source<'_>,
+        limiter: &RateLimiter,
+        resume: &mut dyn Resume,
+    ) -> Result<PushReport, TierError> {
+        self.check_root()?;
+        let m = src.manifest;
+        let dir = self.set_dir(&m.job, &m.set);
+        durable::create_dir_all_durable(&dir, 0o700)
+            .map_err(|e| self.unavailable("creating", &dir, e.source))?;
+        let mut report = PushReport::default();
+        for file in &m.files {
+            if resume.is_done(file) {
+                report.skipped += 1;
+                continue;
+            }
+            let sent = self.push_file(src, file, &dir, limiter)?;
+            report.files += 1;
+            report.bytes_read += sent;
+            report.bytes_sent += sent;
+            resume.mark_done(file)?;
+        }
         Ok(report)
     }
 
