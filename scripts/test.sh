@@ -21,7 +21,18 @@ step "build (release)"
 cargo build --workspace --release --locked
 
 step "tests"
-cargo test --workspace --locked --no-fail-fast
+test_log=$(mktemp /tmp/ckptfs-tests.XXXXXX)
+trap 'rm -f "$test_log"' EXIT
+cargo test --workspace --locked --no-fail-fast 2>&1 | tee "$test_log"
+test_status=${PIPESTATUS[0]}
+# One closing line for the whole suite, summed over every test binary.
+read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) {
+        if ($(i+1) ~ /^passed;?$/) p += $i; if ($(i+1) ~ /^failed;?$/) f += $i } }
+    END { print p + 0, f + 0 }' "$test_log")
+if [[ $test_status -ne 0 ]]; then
+    echo "tests: $passed passed, $failed failed"
+    exit "$test_status"
+fi
 
 fuzz_seconds=${FUZZ_SECONDS:-60}
 if [[ $fuzz_seconds -gt 0 ]]; then
@@ -33,3 +44,4 @@ if [[ $fuzz_seconds -gt 0 ]]; then
     fi
 fi
 step "all tests passed"
+echo "tests: $passed passed, $failed failed"
