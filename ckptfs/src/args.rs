@@ -49,7 +49,7 @@ pub struct Global {
     pub chunk_size: Option<ByteSize>,
 
     /// Complete sets kept per job after each commit; 0 keeps all
-    /// [config: store.keep; default 3].
+    /// [config: store.keep; default 3, or 2 with a lower tier].
     #[arg(long, global = true, value_name = "N")]
     pub keep: Option<usize>,
 

@@ -392,7 +392,7 @@ fn prune(ctx: &Ctx, job: Option<&str>, json: bool) -> Result<Exit> {
         Some(j) => vec![JobName::new(j)?],
         None => store.jobs()?,
     };
-    let keep = ctx.config.store.keep;
+    let keep = ctx.config.cache_keep();
     let mut out = Vec::new();
     let mut failed = false;
     for job in jobs {

@@ -176,6 +176,7 @@ fn wait_for_daemon(
     json: bool,
 ) -> Result<Exit> {
     let deadline = timeout.map(|t| Instant::now() + t);
+    let mut last_line: Option<Instant> = None;
     loop {
         let v = client.call(&Request::Status)?;
         let tiers = v["drain"].as_array().cloned().unwrap_or_default();
@@ -196,6 +197,13 @@ fn wait_for_daemon(
         }
         if deadline.is_some_and(|d| Instant::now() > d) {
             bail!("timed out with {pending} set(s) still pending");
+        }
+        // The daemon drains; say how it goes every few seconds.
+        if !json && last_line.is_none_or(|t| t.elapsed() > Duration::from_secs(2)) {
+            for t in &tiers {
+                eprintln!("{}", tier_line(t));
+            }
+            last_line = Some(Instant::now());
         }
         std::thread::sleep(Duration::from_millis(200));
     }

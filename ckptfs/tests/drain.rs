@@ -344,3 +344,48 @@ fn early_drain_sends_sealed_files_before_the_commit() {
     );
     assert_eq!(fs::read(restored.join("b.bin")).expect("restored b"), b2);
 }
+
+#[test]
+fn a_full_pfs_keeps_the_set_pending_until_there_is_room() {
+    let pfs_root = tempfile::Builder::new()
+        .prefix("ckptfs-pfs-")
+        .tempdir_in("/var/tmp")
+        .expect("pfs dir");
+    let pfs = pfs_root.path().join("pfs");
+    fs::create_dir(&pfs).expect("mkdir pfs");
+    // A 2 MiB filesystem for a 4 MiB set.
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&pfs)
+        .status()
+        .expect("mount tmpfs");
+    assert!(mounted.success(), "mount -t tmpfs {}", pfs.display());
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(&pfs);
+    let args = pfs_args(&pfs);
+    let m = Mount::start(with_args(Opts::new(DataPath::Passthrough), &args));
+    write_set(&m, "job", "s1", 31);
+    wait_until("the ENOSPC to show in status", common::WAIT, || {
+        drain_status(&m)[0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("No space left"))
+    });
+    assert_eq!(pending(&m), 1, "the set must stay pending");
+    m.verify_ok("job", "s1");
+    // Room appears: the retry finishes the drain with no one asking.
+    let grown = Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&pfs)
+        .status()
+        .expect("remount tmpfs");
+    assert!(grown.success());
+    wait_until("the drain once there is room", common::WAIT, || {
+        pending(&m) == 0
+    });
+    assert!(pfs.join("job/.manifests/s1.json").is_file());
+}

@@ -172,8 +172,10 @@ impl Default for MountConfig {
 pub struct StoreConfig {
     /// crc32c granularity: a power of two from 4 KiB to 1 GiB.
     pub chunk_size: ByteSize,
-    /// Complete sets kept per job in the cache; 0 keeps all.
-    pub keep: usize,
+    /// Complete sets kept per job in the cache; 0 keeps all. Unset: 3, or
+    /// 2 when a lower tier holds the older ones.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keep: Option<usize>,
 }
 
 /// `[io]`: the I/O engine.
@@ -209,7 +211,7 @@ impl Default for StoreConfig {
         let d = StoreOptions::default();
         Self {
             chunk_size: ByteSize::b(d.chunk_size),
-            keep: d.keep,
+            keep: None,
         }
     }
 }
@@ -330,7 +332,7 @@ impl Config {
             self.store.chunk_size = v;
         }
         if let Some(v) = o.keep {
-            self.store.keep = v;
+            self.store.keep = Some(v);
         }
         if let Some(v) = o.io_engine {
             self.io.engine = v;
@@ -500,9 +502,19 @@ impl Config {
     pub fn store_options(&self) -> StoreOptions {
         StoreOptions {
             chunk_size: self.store.chunk_size.as_u64(),
-            keep: self.store.keep,
+            keep: self.cache_keep(),
             required_tiers: self.tier_names(),
         }
+    }
+
+    /// Complete sets kept per job in the cache: as configured, else 3, or
+    /// 2 when lower tiers hold the older sets anyway.
+    pub fn cache_keep(&self) -> usize {
+        self.store.keep.unwrap_or(if self.tier_names().is_empty() {
+            StoreOptions::default().keep
+        } else {
+            2
+        })
     }
 
     /// The lower tiers configured, by their journal names.
@@ -560,7 +572,9 @@ mod tests {
         assert_eq!(c, Config::default());
         assert_eq!(c.cache, PathBuf::from("/var/tmp/ckptfs"));
         assert_eq!(c.store.chunk_size.as_u64(), 1 << 20);
-        assert_eq!(c.store.keep, 3);
+        assert_eq!(c.cache_keep(), 3);
+        let with_pfs = Config::from_toml("[pfs]\ndir = \"/pfs\"\n", "t.toml").unwrap();
+        assert_eq!(with_pfs.cache_keep(), 2, "older sets are on the PFS");
         assert_eq!(c.io.engine, EngineKind::Auto);
     }
 
@@ -583,7 +597,7 @@ direct = false
         .unwrap();
         assert_eq!(c.cache, PathBuf::from("/scratch/ckpt"));
         assert_eq!(c.store.chunk_size.as_u64(), 4 << 20);
-        assert_eq!(c.store.keep, 5);
+        assert_eq!(c.store.keep, Some(5));
         assert_eq!(c.io.engine, EngineKind::Fallback);
         assert_eq!(c.io.queue_depth, 16);
         assert_eq!(c.io.buffer_size.as_u64(), 2 << 20);
@@ -641,7 +655,7 @@ direct = false
                 ..Default::default()
             })
             .unwrap();
-        assert_eq!(c.store.keep, 7);
+        assert_eq!(c.store.keep, Some(7));
         assert_eq!(c.io.engine, EngineKind::Uring);
         let e = Config::default()
             .apply(&Overrides {
