@@ -197,6 +197,7 @@ pub fn run(config: &Config, req: MountRequest, ready: Option<Readiness>) -> Resu
         // A push in progress is journaled: the next start resumes it.
         d.shutdown();
     }
+    daemon.shared.remote.stop();
     drop(drain_workers);
     server.shutdown();
     let open = daemon.shared.live.open_files();
@@ -258,7 +259,16 @@ fn prepare(config: &Config, req: &MountRequest) -> Result<Arc<Daemon>> {
             libckpt::drain::DrainOptions::from_config(config),
         )
     });
+    // What the tiers hold, for listings on a fresh node: refreshed in the
+    // background, and soon after each set drained.
+    remote.start(Duration::from_secs(30));
     if let Some(d) = &drain {
+        let r = remote.clone();
+        d.subscribe(Box::new(move |e| {
+            if let libckpt::drain::Event::Done { .. } = e {
+                r.kick();
+            }
+        }));
         if config.drain.early {
             d.set_early(Arc::new(live.clone()));
         }

@@ -70,7 +70,7 @@ pub struct Counters {
 pub struct Shared {
     pub live: LiveSets,
     /// Sets on lower tiers, shown and staged in on first use.
-    pub remote: remote::Remote,
+    pub remote: Arc<remote::Remote>,
     pub root: PathBuf,
     pub want_passthrough: bool,
     pub passthrough: AtomicBool,

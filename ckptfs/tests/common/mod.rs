@@ -964,3 +964,5 @@ macro_rules! both_paths {
         }
     };
 }
+
+pub mod netns;

@@ -80,11 +80,39 @@ impl ChunkStore {
     /// The store in `dir`, created (mode 0700) if missing.
     pub fn open(dir: &Path) -> Result<ChunkStore, PathError> {
         durable::create_dir_all_durable(dir, 0o700)?;
-        Ok(ChunkStore {
+        let store = ChunkStore {
             dir: dir.to_owned(),
             dirty: Mutex::new(BTreeSet::new()),
             seq: AtomicU64::new(0),
-        })
+        };
+        store.remove_dead_temps();
+        Ok(store)
+    }
+
+    /// Temp files of a server that was killed while writing a chunk: their
+    /// name carries the writer's pid, so those of a live process (another
+    /// server on the same root) are left alone.
+    fn remove_dead_temps(&self) {
+        let Ok(fans) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for fan in fans.flatten() {
+            let Ok(entries) = fs::read_dir(fan.path()) else {
+                continue;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(stem) = name.strip_suffix(TEMP_SUFFIX) else {
+                    continue;
+                };
+                let pid = stem.rsplit('.').nth(1).and_then(|p| p.parse::<u32>().ok());
+                let alive = pid.is_some_and(|p| Path::new(&format!("/proc/{p}")).exists());
+                if !alive {
+                    tracing::info!(file = %e.path().display(), "removing a chunk left half-written by a killed server");
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
     }
 
     fn fanout(&self, h: &ChunkHash) -> PathBuf {
@@ -287,6 +315,25 @@ impl ChunkStore {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn temps_of_dead_writers_are_removed_on_open() {
+        let d = tempfile::tempdir_in("/var/tmp").unwrap();
+        let fan = d.path().join("ab");
+        fs::create_dir_all(&fan).unwrap();
+        // pid 0 never names a live process; our own pid does.
+        let dead = fan.join(format!(".{}.0.1{TEMP_SUFFIX}", "ab".repeat(32)));
+        let live = fan.join(format!(
+            ".{}.{}.1{TEMP_SUFFIX}",
+            "ab".repeat(32),
+            std::process::id()
+        ));
+        fs::write(&dead, b"half").unwrap();
+        fs::write(&live, b"busy").unwrap();
+        ChunkStore::open(d.path()).unwrap();
+        assert!(!dead.exists());
+        assert!(live.exists());
+    }
+
     use super::*;
     use std::time::Duration;
 
