@@ -180,6 +180,15 @@ pub struct PendingSet {
     pub retry_in_seconds: Option<u64>,
 }
 
+/// One set of the cache the tier already holds.
+#[derive(Debug, Clone, Serialize)]
+pub struct DoneSet {
+    pub job: JobName,
+    pub set: SetName,
+    #[serde(with = "humantime_serde")]
+    pub done_at: Option<SystemTime>,
+}
+
 /// One tier, as `ckptfs status` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct TierStatus {
@@ -187,6 +196,8 @@ pub struct TierStatus {
     pub location: String,
     pub rate_limit: Option<u64>,
     pub pending: Vec<PendingSet>,
+    /// Complete sets of the cache already safe on this tier.
+    pub done: Vec<DoneSet>,
     pub bytes_pending: u64,
     /// Bytes of the set in flight already sent.
     pub in_flight_bytes_done: Option<u64>,
@@ -691,7 +702,25 @@ impl Drain {
                     }
                     _ => last_rate,
                 };
+                let done = self
+                    .store
+                    .jobs()
+                    .unwrap_or_default()
+                    .iter()
+                    .flat_map(|j| self.store.sets(j).unwrap_or_default())
+                    .filter(|s| s.is_complete())
+                    .filter_map(|s| {
+                        let p =
+                            journal::load(&self.store.meta_dir(&s.job, &s.set), slot.tier.name());
+                        (p.state == State::Done).then_some(DoneSet {
+                            job: s.job,
+                            set: s.set,
+                            done_at: p.done_at,
+                        })
+                    })
+                    .collect();
                 TierStatus {
+                    done,
                     tier: slot.tier.name().to_owned(),
                     location: slot.tier.location(),
                     rate_limit: slot.policy.rate,
