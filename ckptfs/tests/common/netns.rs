@@ -16,12 +16,15 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -642,4 +645,302 @@ pub fn dirs_under(dir: &Path) -> Vec<String> {
     walk(dir, dir, &mut out);
     out.sort();
     out
+}
+
+impl Net {
+    /// Drop one packet in `one_in` at random, in `node`'s input hook, of
+    /// the TCP traffic to or from `port` that arrives on the veth (nftables
+    /// `numgen random`; not on `lo`, where the server's own wake-up
+    /// connection at shutdown must not be lost): real
+    /// loss, which TCP retransmits. Stand-in for netem's `loss`; the table
+    /// goes with the namespace. The error text if nft refuses.
+    ///
+    /// The veth's `gso_max_segs` is set to 1 first: a veth passes GSO
+    /// packets of up to 64 KB whole, and the hook would drop a whole burst
+    /// of segments at a time; one segment a packet is what a wire carries.
+    pub fn nft_loss(&self, node: Node, port: u16, one_in: u32) -> Result<(), String> {
+        let out = Command::new("ip")
+            .args(["-n", self.ns(node), "link", "set", "dev", self.veth(node)])
+            .args(["gso_max_segs", "1"])
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run ip: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip link set dev {} gso_max_segs 1: {}",
+                self.veth(node),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        let dev = self.veth(node);
+        let rules = format!(
+            "table inet ckt_loss {{\n\
+             \tchain input {{\n\
+             \t\ttype filter hook input priority 0; policy accept;\n\
+             \t\tiifname \"{dev}\" tcp dport {port} counter\n\
+             \t\tiifname \"{dev}\" tcp sport {port} counter\n\
+             \t\tiifname \"{dev}\" tcp dport {port} numgen random mod {one_in} 0 counter drop\n\
+             \t\tiifname \"{dev}\" tcp sport {port} numgen random mod {one_in} 0 counter drop\n\
+             \t}}\n\
+             }}\n"
+        );
+        let mut child = self
+            .command(node, "nft")
+            .args(["-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot run nft: {e}"))?;
+        child
+            .stdin
+            .take()
+            .expect("nft stdin")
+            .write_all(rules.as_bytes())
+            .map_err(|e| format!("write to nft: {e}"))?;
+        let out = child
+            .wait_with_output()
+            .map_err(|e| format!("wait for nft: {e}"))?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "nft -f - in {}: {}: {}",
+                self.ns(node),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ))
+        }
+    }
+
+    /// (packets seen, packets dropped) by [`Net::nft_loss`] in `node`.
+    pub fn nft_loss_counts(&self, node: Node) -> Option<(u64, u64)> {
+        let out = self
+            .command(node, "nft")
+            .args(["list", "table", "inet", "ckt_loss"])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let c: Vec<u64> = text
+            .split("counter packets ")
+            .skip(1)
+            .filter_map(|t| t.split_whitespace().next()?.parse().ok())
+            .collect();
+        (out.status.success() && c.len() == 4).then(|| (c[0] + c[1], c[2] + c[3]))
+    }
+
+    /// A delay line in `node`: a TCP relay listening on `node`'s address
+    /// at `listen_port` that forwards each connection to `upstream`,
+    /// holding every chunk of bytes it reads for `delay` in each direction
+    /// before writing it on. Chunks queue (due time, bytes), so the delay
+    /// does not cap the throughput. Stand-in for netem's `delay`; stopped,
+    /// sockets closed, on drop.
+    pub fn delay_relay(
+        &self,
+        node: Node,
+        listen_port: u16,
+        upstream: &str,
+        delay: Duration,
+    ) -> DelayRelay {
+        let ip = match node {
+            Node::A => &self.ip_a,
+            Node::B => &self.ip_b,
+        };
+        let addr = format!("{ip}:{listen_port}");
+        let ns = File::open(format!("/run/netns/{}", self.ns(node))).expect("open netns");
+        let shared = Arc::new(RelayShared {
+            stop: AtomicBool::new(false),
+            sockets: Mutex::new(Vec::new()),
+            threads: Mutex::new(Vec::new()),
+        });
+        let (ready_tx, ready_rx) = mpsc::channel::<Result<(), String>>();
+        let (listen, up, sh) = (addr.clone(), upstream.to_owned(), Arc::clone(&shared));
+        let accept = std::thread::Builder::new()
+            .name("delay-relay".into())
+            .spawn(move || {
+                // setns(2) moves only the calling thread (and the threads
+                // it spawns after) into the namespace; the descriptor is
+                // ours and open. The thread ends with the relay.
+                if let Err(e) = setns(ns.as_raw_fd()) {
+                    let _ = ready_tx.send(Err(format!("setns: {e}")));
+                    return;
+                }
+                drop(ns);
+                let listener = match TcpListener::bind(&listen) {
+                    Ok(l) => l,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(format!("bind {listen}: {e}")));
+                        return;
+                    }
+                };
+                listener
+                    .set_nonblocking(true)
+                    .expect("nonblocking listener");
+                let _ = ready_tx.send(Ok(()));
+                while !sh.stop.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((client, _)) => {
+                            let _ = client.set_nonblocking(false);
+                            let (up, sh2) = (up.clone(), Arc::clone(&sh));
+                            let t = std::thread::spawn(move || relay_conn(client, &up, delay, sh2));
+                            sh.threads.lock().expect("relay threads").push(t);
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        Err(e) => {
+                            eprintln!("delay relay {listen}: accept: {e}");
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                    }
+                }
+            })
+            .expect("spawn the delay relay");
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("delay relay on {addr}: {e}"),
+            Err(_) => panic!("delay relay on {addr} died before listening"),
+        }
+        DelayRelay {
+            addr,
+            shared,
+            accept: Some(accept),
+        }
+    }
+}
+
+struct RelayShared {
+    stop: AtomicBool,
+    /// Every socket of every connection, to shut down on drop.
+    sockets: Mutex<Vec<TcpStream>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running [`Net::delay_relay`].
+pub struct DelayRelay {
+    /// `IP:PORT` it listens on.
+    pub addr: String,
+    shared: Arc<RelayShared>,
+    accept: Option<JoinHandle<()>>,
+}
+
+impl Drop for DelayRelay {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.accept.take() {
+            let _ = t.join();
+        }
+        for s in self.shared.sockets.lock().expect("relay sockets").drain(..) {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        loop {
+            let batch: Vec<_> = self
+                .shared
+                .threads
+                .lock()
+                .expect("relay threads")
+                .drain(..)
+                .collect();
+            if batch.is_empty() {
+                break;
+            }
+            for t in batch {
+                let _ = t.join();
+            }
+            // A connection thread may have registered sockets late.
+            for s in self.shared.sockets.lock().expect("relay sockets").drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// One relayed connection: connect upstream, then a reader and a writer
+/// per direction joined by a queue of (due, bytes).
+fn relay_conn(client: TcpStream, upstream: &str, delay: Duration, sh: Arc<RelayShared>) {
+    let addr: SocketAddr = upstream.parse().expect("relay upstream address");
+    let server = match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+        Ok(s) => s,
+        Err(_) => {
+            // As the peer would see a dead server: the connection closes.
+            let _ = client.shutdown(Shutdown::Both);
+            return;
+        }
+    };
+    let _ = client.set_nodelay(true);
+    let _ = server.set_nodelay(true);
+    {
+        let mut socks = sh.sockets.lock().expect("relay sockets");
+        for s in [&client, &server] {
+            if let Ok(c) = s.try_clone() {
+                socks.push(c);
+            }
+        }
+    }
+    if sh.stop.load(Ordering::SeqCst) {
+        let _ = client.shutdown(Shutdown::Both);
+        let _ = server.shutdown(Shutdown::Both);
+        return;
+    }
+    let mut handles = Vec::new();
+    for (from, to) in [(&client, &server), (&server, &client)] {
+        let (Ok(mut from), Ok(to)) = (from.try_clone(), to.try_clone()) else {
+            continue;
+        };
+        let (tx, rx) = mpsc::channel::<Option<(Instant, Vec<u8>)>>();
+        handles.push(std::thread::spawn(move || {
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match from.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        let _ = tx.send(None);
+                        return;
+                    }
+                    Ok(n) => {
+                        if tx
+                            .send(Some((Instant::now() + delay, buf[..n].to_vec())))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+        let sh2 = Arc::clone(&sh);
+        handles.push(std::thread::spawn(move || {
+            let mut to = to;
+            loop {
+                match rx.recv_timeout(Duration::from_millis(100)) {
+                    Ok(Some((due, bytes))) => {
+                        let now = Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        if to.write_all(&bytes).is_err() {
+                            // The far end is gone: so is this connection.
+                            let _ = to.shutdown(Shutdown::Both);
+                            return;
+                        }
+                    }
+                    Ok(None) | Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        let _ = to.shutdown(Shutdown::Write);
+                        return;
+                    }
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        if sh2.stop.load(Ordering::SeqCst) {
+                            let _ = to.shutdown(Shutdown::Both);
+                            return;
+                        }
+                    }
+                }
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.join();
+    }
+    let _ = client.shutdown(Shutdown::Both);
+    let _ = server.shutdown(Shutdown::Both);
 }
