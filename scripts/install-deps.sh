@@ -5,7 +5,7 @@
 # add their packages to PACKAGES below.
 set -euo pipefail
 
-PACKAGES=(build-essential pkg-config ca-certificates coreutils util-linux fuse3 attr iproute2)
+PACKAGES=(build-essential pkg-config ca-certificates coreutils util-linux fuse3 attr iproute2 nftables)
 
 missing=()
 for p in "${PACKAGES[@]}"; do
