@@ -1,9 +1,12 @@
 //! `ckpt-bench`: the end-to-end comparison harness. The criterion
 //! micro-benchmarks live in `benches/`; this binary answers the question
-//! they cannot: does a checkpoint written through the store reach the
-//! speed of the disk, as `dd` measures it, on this machine?
+//! they cannot: does a checkpoint reach the speed of the disk, as `dd`
+//! measures it, on this machine, when written through the store (`e2e`) or
+//! as plain files through the `/ckpt` mount (`fuse`)?
 
+mod drain;
 mod e2e;
+mod fuse;
 mod machine;
 mod stats;
 
@@ -23,7 +26,9 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Drain(drain::Args),
     E2e(e2e::Args),
+    Fuse(fuse::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,7 +42,9 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Drain(args) => drain::run(&args),
         Command::E2e(args) => e2e::run(&args),
+        Command::Fuse(args) => fuse::run(&args),
     }
 }
 
