@@ -5,7 +5,8 @@
 # add their packages to PACKAGES below.
 set -euo pipefail
 
-PACKAGES=(build-essential pkg-config ca-certificates coreutils util-linux fuse3 attr iproute2 nftables)
+PACKAGES=(build-essential pkg-config ca-certificates coreutils util-linux fuse3 attr iproute2 nftables
+          gfortran openmpi-bin)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

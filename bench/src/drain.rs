@@ -19,7 +19,8 @@
 //!    `cp -r` of the same files.
 //!
 //! Every round runs every variant of every benchmark, in a rotating order,
-//! with the page cache dropped before each timed transfer; ratios are taken
+//! with the page cache dropped (and a pause for the disk to finish the
+//! previous variant's deletes) before each timed transfer; ratios are taken
 //! within a round, then the median over rounds is reported. Nothing here
 //! asserts a time: the figures are for people.
 
@@ -65,6 +66,8 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(1200);
 /// How often the RPO benchmark asks the daemon.
 const POLL: Duration = Duration::from_millis(50);
+/// Pause before each timed transfer; see [`quiesce`].
+const QUIET: Duration = Duration::from_secs(5);
 /// Room left on the disk beyond the benchmark's own peak.
 const DISK_MARGIN: u64 = 1 << 30;
 
@@ -108,6 +111,20 @@ pub struct Args {
     /// --size reuses them instead of generating them again.
     #[arg(long)]
     keep_data: bool,
+
+    /// Where the lower tiers keep their bytes: the PFS directories, the DR
+    /// receivers' roots and the rsync module [default: DIR/work, the same
+    /// disk as the cache]. A diagnostic: e.g. /dev/shm/ckpt-dbench stands
+    /// for tiers on other machines, whose writes and fsyncs do not load
+    /// this disk (and are free).
+    #[arg(long, value_name = "DIR")]
+    tiers_dir: Option<PathBuf>,
+
+    /// Run the mount daemons (and so their drain) under `nice -n 19 ionice
+    /// -c 3`. A diagnostic for the writer benchmark: what the drain costs
+    /// the writer when the drain only gets what the writer leaves.
+    #[arg(long)]
+    nice_daemon: bool,
 }
 
 /// One benchmark of issue 5.
@@ -607,10 +624,12 @@ struct Ckptfs {
     bin: PathBuf,
     config: PathBuf,
     key: PathBuf,
+    /// Mount daemons run under `nice -n 19 ionice -c 3`.
+    nice_daemon: bool,
 }
 
 impl Ckptfs {
-    fn setup(bin: PathBuf, dir: &Path) -> anyhow::Result<Ckptfs> {
+    fn setup(bin: PathBuf, dir: &Path, nice_daemon: bool) -> anyhow::Result<Ckptfs> {
         let config = dir.join("ckptfs.toml");
         fs::write(&config, "# ckpt-bench drain: ckptfs's built-in defaults\n")
             .with_context(|| format!("writing {}", config.display()))?;
@@ -629,12 +648,31 @@ impl Ckptfs {
             .open(&key)
             .and_then(|mut f| f.write_all(format!("{hex}\n").as_bytes()))
             .with_context(|| format!("writing {}", key.display()))?;
-        Ok(Ckptfs { bin, config, key })
+        Ok(Ckptfs {
+            bin,
+            config,
+            key,
+            nice_daemon,
+        })
     }
 
     /// `ckptfs --config EMPTY --cache CACHE`
     fn cmd(&self, cache: &Path) -> Command {
-        let mut cmd = Command::new(&self.bin);
+        self.cmd_in(Command::new(&self.bin), cache)
+    }
+
+    /// The same for a mount daemon, with `nice` and `ionice` in front
+    /// when asked (both exec ckptfs: the pid stays the daemon's).
+    fn daemon_cmd(&self, cache: &Path) -> Command {
+        if !self.nice_daemon {
+            return self.cmd(cache);
+        }
+        let mut cmd = Command::new("nice");
+        cmd.args(["-n", "19", "ionice", "-c", "3"]).arg(&self.bin);
+        self.cmd_in(cmd, cache)
+    }
+
+    fn cmd_in(&self, mut cmd: Command, cache: &Path) -> Command {
         cmd.env_remove("CKPTFS_CONFIG")
             .env_remove("RUST_LOG")
             .arg("--config")
@@ -802,7 +840,7 @@ impl<'a> Mount<'a> {
         fs::create_dir_all(cache)?;
         fs::create_dir_all(mountpoint)?;
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let mut cmd = ck.cmd(cache);
+        let mut cmd = ck.daemon_cmd(cache);
         cmd.env("RUST_LOG", "libckpt=info")
             .args(tier)
             .args(["--drain-jitter", "0s", "mount"])
@@ -948,8 +986,8 @@ struct Rsyncd {
 }
 
 impl Rsyncd {
-    fn start(dir: &Path) -> anyhow::Result<Rsyncd> {
-        let module = dir.join("rsync-module");
+    fn start(dir: &Path, tiers: &Path) -> anyhow::Result<Rsyncd> {
+        let module = tiers.join("rsync-module");
         fs::create_dir_all(&module)?;
         let port = free_port()?;
         let config = dir.join("rsyncd.conf");
@@ -1090,11 +1128,19 @@ fn timed_sync() -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-/// `sync; echo 3 > /proc/sys/vm/drop_caches`: the next read comes from the
-/// device, for every variant alike.
-fn drop_caches() -> anyhow::Result<()> {
+/// `sync; echo 3 > /proc/sys/vm/drop_caches`, then a pause: the next read
+/// comes from the device, and the device has finished with the previous
+/// variant's deletes, for every variant alike.
+///
+/// The pause matters on thin-provisioned virtual disks mounted with
+/// `discard` (like the development VM's): there a write right after a large
+/// delete runs at anywhere from 0.3× to 1.3× the speed it has once the
+/// discards are through, depending on how far the host got with them.
+fn quiesce() -> anyhow::Result<()> {
     settle();
-    fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (needs root)")
+    fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (needs root)")?;
+    thread::sleep(QUIET);
+    Ok(())
 }
 
 fn remove_dir(p: &Path) -> anyhow::Result<()> {
@@ -1183,6 +1229,8 @@ struct Ctx<'a> {
     ck: &'a Ckptfs,
     data: &'a Data,
     work: PathBuf,
+    /// Where the tiers' bytes go (--tiers-dir).
+    tiers: PathBuf,
     logs: PathBuf,
     rsyncd: Option<Rsyncd>,
     fig: Figures,
@@ -1197,6 +1245,11 @@ impl Ctx<'_> {
         self.logs.join(format!("{name}-r{round}.log"))
     }
 
+    /// A fresh directory for a tier's bytes, removed when dropped.
+    fn tier_dir(&self, name: &str) -> anyhow::Result<Scratch> {
+        Scratch::new(self.tiers.join(name))
+    }
+
     fn say(&self, round: usize, what: &str) {
         eprintln!("round {}/{}: {what}", round + 1, self.args.runs);
     }
@@ -1205,11 +1258,12 @@ impl Ctx<'_> {
     /// then set B after it.
     fn push_ckptfs(&mut self, round: usize) -> anyhow::Result<()> {
         let s = Scratch::new(self.work.join("push-ckptfs"))?;
-        let (cache, root) = (s.join("cache"), s.join("dr-root"));
+        let t = self.tier_dir("push-dr")?;
+        let (cache, root) = (s.join("cache"), t.join("root"));
         self.ck.put(&cache, &self.data.a, SET_A)?;
         let (mut serve, port) = self.ck.serve(&root, &self.log("serve-push", round))?;
         let tier = self.ck.dr_flags(port);
-        drop_caches()?;
+        quiesce()?;
         let d = drain_wait(self.ck, &cache, &tier, &self.log("drain-a", round))?;
         let chunks_a = chunk_files(&root)?;
         let stored_a = chunks_a.values().sum::<u64>() + record_size(&root, SET_A)?;
@@ -1234,7 +1288,7 @@ impl Ctx<'_> {
         );
         if self.has(Bench::Delta) {
             self.ck.put(&cache, &self.data.b, SET_B)?;
-            drop_caches()?;
+            quiesce()?;
             let d = drain_wait(self.ck, &cache, &tier, &self.log("drain-b", round))?;
             let after = chunk_files(&root)?;
             let new: u64 = after
@@ -1283,7 +1337,7 @@ impl Ctx<'_> {
         let dest = format!("r{round}-{name}");
         let out = rsyncd.module.join(&dest);
         remove_dir(&out)?;
-        drop_caches()?;
+        quiesce()?;
         let (secs, wire) = rsyncd.push(flags, &self.data.a, &dest)?;
         let sync = timed_sync();
         let key = |k: &str| -> &'static str {
@@ -1309,7 +1363,7 @@ impl Ctx<'_> {
         );
         if compress && self.has(Bench::Delta) {
             // rsync's own delta transfer of set B onto its copy of set A.
-            drop_caches()?;
+            quiesce()?;
             let (secs, wire) = rsyncd.push(flags, &self.data.b, &dest)?;
             self.fig.put("delta.rsync_z.secs", round, secs);
             self.fig.put("delta.rsync_z.wire", round, wire as f64);
@@ -1331,7 +1385,9 @@ impl Ctx<'_> {
     fn writer(&mut self, round: usize, tier: Option<&'static str>) -> anyhow::Result<()> {
         let name = tier.unwrap_or("idle");
         let s = Scratch::new(self.work.join(format!("writer-{name}")))?;
+        let t = self.tier_dir(&format!("writer-{name}"))?;
         let (cache, mp) = (s.join("cache"), s.join("mnt"));
+        quiesce()?;
         // Not timed: the previously committed set that drains meanwhile
         // (in the idle variant too, so the caches are alike).
         self.ck.put(&cache, &self.data.a, SET_A)?;
@@ -1342,13 +1398,13 @@ impl Ctx<'_> {
             Some("dr") => {
                 let (p, port) = self
                     .ck
-                    .serve(&s.join("dr-root"), &self.log("serve-writer", round))?;
+                    .serve(&t.join("root"), &self.log("serve-writer", round))?;
                 serve = Some(p);
                 flags.extend(self.ck.dr_flags(port));
                 flags.extend(["--dr-rate".into(), rate]);
             }
             Some(_) => {
-                let pfs = s.join("pfs");
+                let pfs = t.join("pfs");
                 fs::create_dir_all(&pfs)?;
                 flags.extend(["--pfs".into(), pfs.display().to_string()]);
                 flags.extend(["--pfs-rate".into(), rate]);
@@ -1448,9 +1504,11 @@ impl Ctx<'_> {
         let (cache, mp) = (s.join("cache"), s.join("mnt"));
         remove_dir(pfs)?;
         fs::create_dir_all(pfs)?;
+        quiesce()?;
+        let t = self.tier_dir("rpo-dr")?;
         let (mut serve, port) = self
             .ck
-            .serve(&s.join("dr-root"), &self.log("serve-rpo", round))?;
+            .serve(&t.join("root"), &self.log("serve-rpo", round))?;
         let mut flags = self.ck.dr_flags(port);
         flags.extend(["--pfs".into(), pfs.display().to_string()]);
         let m = Mount::start(self.ck, &cache, &mp, &flags, &self.log("mount-rpo", round))?;
@@ -1503,9 +1561,9 @@ impl Ctx<'_> {
     /// same filesystem as the PFS tier, then `sync` (the tier's copy is
     /// durable when it counts as done).
     fn rpo_cp(&mut self, round: usize) -> anyhow::Result<()> {
-        let s = Scratch::new(self.work.join("rpo-cp"))?;
+        let s = self.tier_dir("rpo-cp")?;
         let to = s.join(SET_A);
-        drop_caches()?;
+        quiesce()?;
         let copy = timed(Command::new("cp").arg("-r").arg(&self.data.a).arg(&to))?;
         let sync = timed_sync();
         ensure!(
@@ -1527,7 +1585,7 @@ impl Ctx<'_> {
     fn rto(&mut self, round: usize, pfs: &Path, restore: bool) -> anyhow::Result<()> {
         let s = Scratch::new(self.work.join("rto"))?;
         let to = s.join("restored");
-        drop_caches()?;
+        quiesce()?;
         if restore {
             let secs = timed(
                 self.ck
@@ -1621,7 +1679,7 @@ impl Ctx<'_> {
                 self.writer(round, t)?;
             }
         }
-        let pfs = self.work.join("pfs");
+        let pfs = self.tiers.join("pfs");
         if self.has(Bench::Rpo) {
             for v in rotated(&[true, false], round) {
                 if v {
@@ -1697,10 +1755,19 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let work = dir.join("work");
     let logs = dir.join("logs");
+    // Under a directory of our own, so that the cleanup never removes
+    // what --tiers-dir names.
+    let tiers = match &args.tiers_dir {
+        Some(d) => d.join("ckpt-dbench-tiers"),
+        None => work.join("tiers"),
+    };
     remove_dir(&work)?;
     remove_dir(&logs)?;
+    remove_dir(&tiers)?;
     fs::create_dir_all(&work)?;
     fs::create_dir_all(&logs)?;
+    fs::create_dir_all(&tiers).with_context(|| format!("creating {}", tiers.display()))?;
+    let tiers = tiers.canonicalize()?;
     let result = (|| -> anyhow::Result<String> {
         let data = Data::prepare(&data_dir, args.size)?;
         let zstd = zstd_size(&Data::files(&data.a));
@@ -1710,7 +1777,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 data.size as f64 / z as f64
             );
         }
-        let ck = Ckptfs::setup(bin.clone(), &dir)?;
+        let ck = Ckptfs::setup(bin.clone(), &dir, args.nice_daemon)?;
         let a = Args {
             only: only.clone(),
             ..args.clone()
@@ -1720,6 +1787,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             ck: &ck,
             data: &data,
             work: work.clone(),
+            tiers: tiers.clone(),
             logs: logs.clone(),
             rsyncd: None,
             fig: Figures {
@@ -1729,7 +1797,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         };
         let mut rsync = String::new();
         if ctx.has(Bench::Push) || ctx.has(Bench::Delta) {
-            let r = Rsyncd::start(&work)?;
+            let r = Rsyncd::start(&work, &tiers)?;
             rsync = format!(
                 "{}; `-z` negotiates: {}",
                 run_ok(Command::new("rsync").arg("--version"))
@@ -1753,6 +1821,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let info = Info {
             machine: &machine,
             dir: &dir,
+            tiers: &tiers,
             ckptfs: ck.version(),
             rsync,
             zstd,
@@ -1760,6 +1829,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         Ok(markdown(&a, &info, &data, &ctx.fig))
     })();
     remove_dir(&work)?;
+    remove_dir(&tiers)?;
     if result.is_ok() {
         remove_dir(&logs)?;
     } else {
@@ -1796,6 +1866,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 struct Info<'a> {
     machine: &'a Machine,
     dir: &'a Path,
+    tiers: &'a Path,
     ckptfs: String,
     rsync: String,
     zstd: Option<u64>,
@@ -1837,6 +1908,20 @@ fn markdown(args: &Args, info: &Info<'_>, data: &Data, fig: &Figures) -> String 
     );
     let _ = writeln!(s, "- machine: {}", info.machine);
     let _ = writeln!(s, "- {}", info.ckptfs);
+    if args.tiers_dir.is_some() {
+        let _ = writeln!(
+            s,
+            "- **diagnostic**: the tiers (PFS dirs, DR roots, rsync module) in {} ({})",
+            info.tiers.display(),
+            Machine::probe(info.tiers).fs_type
+        );
+    }
+    if args.nice_daemon {
+        let _ = writeln!(
+            s,
+            "- **diagnostic**: mount daemons run under `nice -n 19 ionice -c 3`"
+        );
+    }
     if !info.rsync.is_empty() {
         let _ = writeln!(s, "- {}", info.rsync);
     }
@@ -1865,7 +1950,8 @@ fn markdown(args: &Args, info: &Info<'_>, data: &Data, fig: &Figures) -> String 
     );
     let _ = writeln!(
         s,
-        "- page cache dropped before every timed transfer; MB/s = 10^6 bytes/s; ratios are medians of per-round ratios\n"
+        "- `sync`, page cache dropped and a {} s pause before every timed transfer; MB/s = 10^6 bytes/s; ratios are medians of per-round ratios\n",
+        QUIET.as_secs()
     );
 
     if has(Bench::Push) {

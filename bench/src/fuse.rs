@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -192,7 +193,8 @@ fn read_rss(pid: u32) -> anyhow::Result<Rss> {
 /// One ckptfs daemon serving its own cache at its own mount point, started
 /// as a child of this process in the foreground. Unmounted and reaped on
 /// drop, also when the benchmark fails half-way. (On Ctrl-C the daemon,
-/// in the same process group, gets SIGINT and unmounts by itself.)
+/// in the same process group, gets SIGINT and unmounts by itself; if this
+/// process is killed, the daemon gets SIGTERM and does the same.)
 struct Mount {
     variant: Variant,
     bin: PathBuf,
@@ -264,6 +266,17 @@ impl Mount {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
+        // Should this process be killed outright (no Drop), the daemon gets
+        // SIGTERM, on which it unmounts by itself.
+        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {} (set --ckptfs)", bin.display()))?;
