@@ -7,8 +7,10 @@
 //! A chunk's name is the BLAKE3 of its raw bytes, so a piece two sets share
 //! is stored once, and a name can only ever hold one content. Each blob is
 //! checked (decompressed, hashed, crc'd) before it is written, and written
-//! to a temp name, synced and renamed, so a killed server never leaves a
-//! half chunk under a final name. The directory entries are synced in a
+//! to a temp name, synced and renamed (by the [`Syncer`], off the request
+//! path), so a killed server never leaves a half chunk under a final name.
+//! [`ChunkStore::sync_dirty`] waits for those syncs, and the directory
+//! entries are synced in a
 //! batch ([`ChunkStore::sync_dirty`]) before a set record that names them
 //! is written: one directory fsync per fan-out directory per set rather
 //! than one per chunk.
@@ -18,17 +20,17 @@
 //! than its grace period, which are the ones an in-flight push is counting
 //! on.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::time::SystemTime;
 
 use super::blob::{self, BlobError, ChunkHash, ChunkHeader, CHUNK_HEADER_LEN};
 use super::frame::MAX_FRAME_PAYLOAD;
+use super::syncer::{Dirty, Job, Syncer};
 use crate::durable::{self, IoContext, PathError};
 
 const TEMP_SUFFIX: &str = ".tmp";
@@ -71,7 +73,8 @@ pub struct Sweep {
 pub struct ChunkStore {
     dir: PathBuf,
     /// Directories whose entries changed since the last `sync_dirty`.
-    dirty: Mutex<BTreeSet<PathBuf>>,
+    dirty: Dirty,
+    syncer: Syncer,
     /// Makes temp names unique between threads storing the same chunk.
     seq: AtomicU64,
 }
@@ -80,9 +83,11 @@ impl ChunkStore {
     /// The store in `dir`, created (mode 0700) if missing.
     pub fn open(dir: &Path) -> Result<ChunkStore, PathError> {
         durable::create_dir_all_durable(dir, 0o700)?;
+        let dirty = Dirty::default();
         let store = ChunkStore {
             dir: dir.to_owned(),
-            dirty: Mutex::new(BTreeSet::new()),
+            dirty: dirty.clone(),
+            syncer: Syncer::start(dirty),
             seq: AtomicU64::new(0),
         };
         store.remove_dead_temps();
@@ -153,14 +158,15 @@ impl ChunkStore {
                 .open(&tmp)
                 .at("creating", &tmp)?;
             f.write_all(blob).at("writing", &tmp)?;
-            f.sync_all().at("syncing", &tmp)?;
-            fs::rename(&tmp, &path).at("renaming into place", &path)
+            Ok::<_, PathError>(f)
         })();
-        if let Err(e) = written {
-            let _ = fs::remove_file(&tmp);
-            return Err(e.into());
+        match written {
+            Ok(file) => self.syncer.submit(Job { file, tmp, path }),
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                return Err(e.into());
+            }
         }
-        self.mark_dirty(&fan);
         Ok((hash, Put::Stored(blob.len() as u64)))
     }
 
@@ -171,8 +177,16 @@ impl ChunkStore {
             .insert(dir.to_owned());
     }
 
-    /// Make every chunk stored so far durable under its name.
+    /// Wait until every chunk stored so far is durable under its name (or,
+    /// if its sync failed, gone).
+    pub fn settle(&self) {
+        self.syncer.settle();
+    }
+
+    /// Make every chunk stored so far durable under its name, and the
+    /// directory entries that name them.
     pub fn sync_dirty(&self) -> Result<(), PathError> {
+        self.syncer.settle();
         let dirs = std::mem::take(&mut *self.dirty.lock().unwrap_or_else(|p| p.into_inner()));
         // Fan-out directories before the top one that lists them.
         for d in dirs.iter().rev() {
@@ -191,6 +205,10 @@ impl ChunkStore {
     /// concurrent delete spares it.
     pub fn touch(&self, h: &ChunkHash) -> Result<bool, PathError> {
         let path = self.path(h);
+        // On its way: durable before any record that names it.
+        if self.syncer.is_pending(&path) {
+            return Ok(true);
+        }
         match File::open(&path) {
             Ok(f) => {
                 if let Err(e) = f.set_modified(SystemTime::now()) {
@@ -393,6 +411,7 @@ mod tests {
         let cs = ChunkStore::open(d.path()).unwrap();
         let (ha, _) = cs.put(&blob_of(b"alpha")).unwrap();
         let (hb, _) = cs.put(&blob_of(b"beta")).unwrap();
+        cs.settle();
         fs::copy(cs.path(&hb), cs.path(&ha)).unwrap();
         assert!(cs.header(&ha).unwrap().unwrap().is_err());
     }

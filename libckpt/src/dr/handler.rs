@@ -320,6 +320,8 @@ impl Repo {
             .map_err(|e| refuse(ErrorKind::Invalid, format!("set record refused: {e}")))?;
         let (job, set) = (&record.manifest.job, &record.manifest.set);
         let _held = self.records.lock().unwrap_or_else(|p| p.into_inner());
+        // Chunks still being synced count as held.
+        self.chunks.settle();
         let missing = self.check_chunks(&record)?;
         if !missing.is_empty() {
             return Ok(SetStored {

@@ -39,6 +39,7 @@ mod push;
 pub mod record;
 pub mod server;
 pub mod setstore;
+mod syncer;
 
 #[cfg(test)]
 mod tests;

@@ -1,8 +1,9 @@
 //! Pushing a set to the DR site.
 //!
 //! The set's pieces are read through [`Source::for_each_chunk`] (which
-//! checks each against the manifest's crc32c) in batches of up to 32 MiB.
-//! Per batch: hash the pieces (in parallel), ask the server which it lacks,
+//! checks each against the manifest's crc32c) in batches of up to 32 MiB,
+//! and hashed, by a reader thread that keeps one batch ahead of the link.
+//! Per batch: ask the server which pieces it lacks,
 //! compress those (in parallel) and send them with a window of unanswered
 //! chunks, so a long link stays busy. Last, the set record; the server
 //! writes it only once it holds every chunk it names.
@@ -15,6 +16,7 @@
 //! brought it or a previous connection did.
 
 use std::collections::{HashSet, VecDeque};
+use std::sync::mpsc::{self, SyncSender};
 
 use rayon::prelude::*;
 
@@ -33,6 +35,8 @@ use crate::tier::{PushReport, Source, TierError};
 const BATCH_BYTES: usize = 32 << 20;
 /// Pieces per batch (small pieces: keep the queries and memory bounded).
 const BATCH_PIECES: usize = 2048;
+/// Batches read ahead of the one being sent.
+const READ_AHEAD: usize = 1;
 /// Chunks sent and not yet acknowledged.
 const WINDOW: usize = 16;
 
@@ -173,6 +177,10 @@ pub(crate) fn push_chunks(
 
 impl Pusher<'_> {
     /// Send every piece the server lacks; the hashes of every file's pieces.
+    ///
+    /// A reader thread reads, checks and hashes the next batch while this
+    /// one is queried, compressed and sent: the disk, the hashing and the
+    /// link each wait less on the others.
     fn send_set(&mut self, src: &Source<'_>) -> Result<Vec<Vec<ChunkHash>>, TierError> {
         let m = self.manifest;
         let mut out: Vec<Vec<ChunkHash>> = m
@@ -180,35 +188,28 @@ impl Pusher<'_> {
             .iter()
             .map(|f| vec![ChunkHash([0; 32]); piece::count(f) as usize])
             .collect();
-        let mut batch: Vec<Pending> = Vec::new();
-        let mut batch_bytes = 0usize;
-        for (fi, file) in m.files.iter().enumerate() {
-            let mut index = 0usize;
-            src.for_each_chunk(file, &mut |chunk, bytes| {
-                self.report.bytes_read += bytes.len() as u64;
-                for (at, len, _) in piece::split(bytes.len() as u64) {
-                    let at = at as usize;
-                    let whole = len == bytes.len();
-                    batch.push(Pending {
-                        file: fi,
-                        index,
-                        raw: bytes[at..at + len].to_vec(),
-                        crc: file.crc32c.get(chunk as usize).copied().filter(|_| whole),
-                        hash: ChunkHash([0; 32]),
-                        blob: None,
-                        state: State::Todo,
-                    });
-                    index += 1;
-                    batch_bytes += len;
+        let (tx, rx) = mpsc::sync_channel::<Vec<Pending>>(READ_AHEAD);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(move || read_batches(src, &tx));
+            let mut sent = Ok(());
+            for mut batch in rx.iter() {
+                sent = self.flush(&mut batch, &mut out);
+                if sent.is_err() {
+                    break;
                 }
-                if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_PIECES {
-                    self.flush(&mut batch, &mut out)?;
-                    batch_bytes = 0;
-                }
-                Ok(())
-            })?;
-        }
-        self.flush(&mut batch, &mut out)?;
+            }
+            // The reader stops at its next batch once nobody takes it.
+            drop(rx);
+            let read = reader
+                .join()
+                .unwrap_or_else(|_| Err(TierError::local(&src.dir, "the reader thread panicked")));
+            match read {
+                Ok(bytes) => self.report.bytes_read += bytes,
+                // A refused chunk (corrupt in the cache) is the cause.
+                Err(e) => return Err(e),
+            }
+            sent
+        })?;
         Ok(out)
     }
 
@@ -220,9 +221,6 @@ impl Pusher<'_> {
         if batch.is_empty() {
             return Ok(());
         }
-        batch
-            .par_iter_mut()
-            .for_each(|p| p.hash = ChunkHash::of(&p.raw));
         let mut queued = HashSet::new();
         for p in batch.iter_mut() {
             let Some(slot) = out.get_mut(p.file).and_then(|v| v.get_mut(p.index)) else {
@@ -353,4 +351,57 @@ impl Pusher<'_> {
         self.s.progressed();
         Ok(())
     }
+}
+
+/// Read `src`'s pieces, checked against the manifest and hashed, in batches
+/// into `tx`; the bytes read. Stops early, without error, when the
+/// receiving side has gone (it failed and reports why).
+fn read_batches(src: &Source<'_>, tx: &SyncSender<Vec<Pending>>) -> Result<u64, TierError> {
+    let mut batch: Vec<Pending> = Vec::new();
+    let mut batch_bytes = 0usize;
+    let mut read = 0u64;
+    let mut gone = false;
+    let send = |batch: &mut Vec<Pending>| -> bool {
+        batch
+            .par_iter_mut()
+            .for_each(|p| p.hash = ChunkHash::of(&p.raw));
+        tx.send(std::mem::take(batch)).is_ok()
+    };
+    for (fi, file) in src.manifest.files.iter().enumerate() {
+        let mut index = 0usize;
+        let r = src.for_each_chunk(file, &mut |chunk, bytes| {
+            read += bytes.len() as u64;
+            for (at, len, _) in piece::split(bytes.len() as u64) {
+                let at = at as usize;
+                let whole = len == bytes.len();
+                batch.push(Pending {
+                    file: fi,
+                    index,
+                    raw: bytes[at..at + len].to_vec(),
+                    crc: file.crc32c.get(chunk as usize).copied().filter(|_| whole),
+                    hash: ChunkHash([0; 32]),
+                    blob: None,
+                    state: State::Todo,
+                });
+                index += 1;
+                batch_bytes += len;
+            }
+            if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_PIECES {
+                batch_bytes = 0;
+                if !send(&mut batch) {
+                    gone = true;
+                    return Err(TierError::local(&src.dir, "the sender stopped"));
+                }
+            }
+            Ok(())
+        });
+        if gone {
+            return Ok(read);
+        }
+        r?;
+    }
+    if !batch.is_empty() {
+        send(&mut batch);
+    }
+    Ok(read)
 }
