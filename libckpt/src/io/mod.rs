@@ -205,6 +205,8 @@ pub struct IoEngine {
     rings: Option<uring::RingPool>,
     bufs: fallback::BufPool,
     fallback_reason: Option<String>,
+    /// `write_file` ends with fdatasync (see [`IoEngine::without_sync`]).
+    sync_writes: bool,
 }
 
 impl fmt::Debug for IoEngine {
@@ -244,9 +246,19 @@ impl IoEngine {
             rings,
             bufs: fallback::BufPool::new(opts.buffer_size),
             fallback_reason,
+            sync_writes: true,
         };
         tracing::info!(path = %engine.path(), ?opts, "I/O engine ready");
         Ok(engine)
+    }
+
+    /// This engine's `write_file` leaves the bytes to the page cache's
+    /// writeback instead of syncing them: for copies that are not the
+    /// store's (a restore into a scratch directory, for a restart now),
+    /// where the durable copy is the one on the tier. Never for the cache.
+    pub fn without_sync(mut self) -> IoEngine {
+        self.sync_writes = false;
+        self
     }
 
     pub fn path(&self) -> IoPath {
@@ -267,7 +279,8 @@ impl IoEngine {
     }
 
     /// Create (or truncate) `path` with `mode` and write every byte `src`
-    /// yields, checksumming each chunk on the way, then fdatasync.
+    /// yields, checksumming each chunk on the way, then fdatasync (unless
+    /// [`IoEngine::without_sync`]).
     ///
     /// On error the file is left as far as it got: the caller knows whether
     /// `path` is a temporary name to remove.
@@ -289,7 +302,9 @@ impl IoEngine {
                 result?;
             }
         }
-        target.sync()?;
+        if self.sync_writes {
+            target.sync()?;
+        }
         target.log_summary("write");
         Ok(hasher.finish())
     }
