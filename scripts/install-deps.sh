@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing ckptfs needs on Debian 12, as root.
 # Idempotent and quiet when everything is already there, so the README's
-# commands can call it every time. Later capabilities (FUSE, CRIU, gfortran)
-# add their packages to PACKAGES below.
+# commands can call it every time. CRIU >= 4.2 comes from install-criu.sh
+# (Debian 12's own criu is too old for this kernel).
 set -euo pipefail
 
 PACKAGES=(build-essential pkg-config ca-certificates coreutils util-linux fuse3 attr iproute2 nftables
@@ -22,6 +22,8 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+bash "$(dirname "${BASH_SOURCE[0]}")/install-criu.sh"
 
 if ! command -v cargo >/dev/null 2>&1; then
     for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do

@@ -4,6 +4,8 @@
 //! measures it, on this machine, when written through the store (`e2e`) or
 //! as plain files through the `/ckpt` mount (`fuse`)?
 
+mod capi;
+mod criu;
 mod drain;
 mod e2e;
 mod fuse;
@@ -26,6 +28,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    Capi(capi::Args),
+    Criu(criu::Args),
     Drain(drain::Args),
     E2e(e2e::Args),
     Fuse(fuse::Args),
@@ -42,6 +46,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     match cli.command {
+        Command::Capi(args) => capi::run(&args),
+        Command::Criu(args) => criu::run(&args),
         Command::Drain(args) => drain::run(&args),
         Command::E2e(args) => e2e::run(&args),
         Command::Fuse(args) => fuse::run(&args),

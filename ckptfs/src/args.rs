@@ -135,6 +135,41 @@ pub struct Global {
     #[arg(long, global = true, value_name = "BOOL")]
     pub drain_early: Option<bool>,
 
+    /// How the C library reaches the cache: auto, mounted or embedded
+    /// [config: api.mode; default auto].
+    #[arg(long, global = true, value_name = "MODE")]
+    pub api_mode: Option<libckpt::config::ApiMode>,
+
+    /// Longest ckpt_checkpoint_wait() blocks [config: api.wait_timeout; default 10m].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub api_wait_timeout: Option<String>,
+
+    /// Longest ckpt_finalize() waits for the drain, embedded mode
+    /// [config: api.finalize_timeout; default 5m].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub api_finalize_timeout: Option<String>,
+
+    /// ckpt_need_checkpoint() says yes every N calls, 0 off
+    /// [config: api.interval; default 0].
+    #[arg(long, global = true, value_name = "N")]
+    pub api_interval: Option<u64>,
+
+    /// …or after this many seconds since the last checkpoint, 0 off
+    /// [config: api.seconds; default 0].
+    #[arg(long, global = true, value_name = "N")]
+    pub api_seconds: Option<u64>,
+
+    /// …or when the last checkpoint cost at most this percent of the time
+    /// since, 0 off [config: api.overhead; default 10].
+    #[arg(long, global = true, value_name = "PERCENT")]
+    pub api_overhead: Option<u8>,
+
+    /// The criu executable for ckptfs-dump and ckptfs-restore, and no other
+    /// [config: criu.path; default: CRIU >= 4 on the PATH, else
+    /// /opt/ckptfs/criu/bin/criu].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub criu: Option<PathBuf>,
+
     /// More log output (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -164,6 +199,13 @@ impl Global {
             drain_high_watermark: self.drain_high_watermark,
             drain_low_watermark: self.drain_low_watermark,
             drain_early: self.drain_early,
+            api_mode: self.api_mode,
+            api_wait_timeout: self.api_wait_timeout.clone(),
+            api_finalize_timeout: self.api_finalize_timeout.clone(),
+            api_interval: self.api_interval,
+            api_seconds: self.api_seconds,
+            api_overhead: self.api_overhead,
+            criu: self.criu.clone(),
             ..Overrides::default()
         }
     }
@@ -213,6 +255,12 @@ pub enum Command {
         /// Only this source: cache, pfs or dr.
         #[arg(long, value_name = "SOURCE")]
         from: Option<String>,
+        /// Make the restored files durable (fdatasync each, with direct
+        /// I/O) before returning. By default they are left to the page
+        /// cache, as `cp` does: a restored copy is for a restart now, and
+        /// the tier it came from keeps the durable one.
+        #[arg(long)]
+        sync: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,

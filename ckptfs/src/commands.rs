@@ -33,6 +33,28 @@ impl Ctx {
         )
         .with_context(|| format!("opening the cache {}", self.config.cache.display()))
     }
+
+    /// The store for `restore --to`: unless `sync`, its engine writes
+    /// through the page cache and does not sync (see
+    /// [`IoEngine::without_sync`]); it reads the cache as usual.
+    fn restore_store(&self, sync: bool) -> Result<Store> {
+        if sync {
+            return self.store();
+        }
+        let opts = libckpt::io::IoOptions {
+            direct: false,
+            ..self.config.io_options()
+        };
+        let engine = IoEngine::new(&opts)
+            .context("starting the I/O engine")?
+            .without_sync();
+        Store::open(
+            &self.config.cache,
+            Arc::new(engine),
+            self.config.store_options(),
+        )
+        .with_context(|| format!("opening the cache {}", self.config.cache.display()))
+    }
 }
 
 pub fn run(cli: Cli) -> Result<Exit> {
@@ -65,10 +87,11 @@ pub fn run(cli: Cli) -> Result<Exit> {
             set,
             to,
             from,
+            sync,
             json,
         } => crate::drain_cmd::restore(
             &ctx.config,
-            &ctx.store()?,
+            &ctx.restore_store(sync)?,
             &job,
             set.as_deref(),
             &to,
@@ -416,7 +439,11 @@ fn prune(ctx: &Ctx, job: Option<&str>, json: bool) -> Result<Exit> {
 
 fn status(ctx: &Ctx, json: bool) -> Result<Exit> {
     // A daemon serving this cache knows more (data path, open files).
+    let criu = libckpt::criu::discover::status(ctx.config.criu.path.as_deref(), &ctx.config.cache);
     if let Some(code) = crate::mount_cmd::status_of_cache(&ctx.config.cache, json)? {
+        if !json {
+            println!("{}", libckpt::criu::discover::status_line(&criu));
+        }
         return Ok(code);
     }
     let store = ctx.store()?;
@@ -466,6 +493,7 @@ fn status(ctx: &Ctx, json: bool) -> Result<Exit> {
         "keep": store.options().keep,
         "jobs": jobs,
         "drain": drain_status,
+        "criu": criu,
     });
     if json {
         print_json(&v)?;
@@ -491,6 +519,7 @@ fn status(ctx: &Ctx, json: bool) -> Result<Exit> {
     for line in crate::drain_cmd::tier_lines(&drain_status) {
         println!("{line}");
     }
+    println!("{}", libckpt::criu::discover::status_line(&criu));
     for j in &jobs {
         println!(
             "job {}: {} complete, {} writing, {} abandoned, {} uncommitted, {} damaged, latest {}",

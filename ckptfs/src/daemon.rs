@@ -125,6 +125,30 @@ impl Handler for Daemon {
                 Ok(json!({"job": m.job, "set": m.set, "files": m.files.len(),
                           "bytes": m.total_bytes}))
             }
+            Request::Committed { job, set } => {
+                // The C library wrote and committed the set in the cache
+                // itself (mounted mode); the drain takes it from here.
+                let store = self.shared.live.store();
+                let complete = store
+                    .info(&job, &set)
+                    .ok()
+                    .flatten()
+                    .is_some_and(|i| i.is_complete());
+                if !complete {
+                    return Err(Failure {
+                        kind: FailureKind::NotFound,
+                        message: format!(
+                            "set {job}/{set} is not a complete set of the cache {}",
+                            store.root().display()
+                        ),
+                    });
+                }
+                if let Some(d) = &self.drain {
+                    d.notify();
+                }
+                tracing::info!(job = %job, set = %set, "committed by libckpt; drain told");
+                Ok(json!({"job": job, "set": set, "draining": self.drain.is_some()}))
+            }
             Request::Unmount { force } => {
                 let open = self.shared.live.open_files();
                 if !open.is_empty() && !force {

@@ -56,6 +56,92 @@ pub struct Config {
     pub drain: DrainConfig,
     pub pfs: PfsConfig,
     pub dr: DrConfig,
+    pub criu: CriuConfig,
+    pub api: ApiConfig,
+}
+
+/// How the C library (`libckpt.so`) reaches the cache (`api.mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiMode {
+    /// Mounted when a daemon answers on the cache's control socket, else
+    /// embedded.
+    #[default]
+    Auto,
+    /// A ckptfs daemon serves the cache and drains it.
+    Mounted,
+    /// No daemon: the library drains the cache from a background thread.
+    Embedded,
+}
+
+impl fmt::Display for ApiMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ApiMode::Auto => "auto",
+            ApiMode::Mounted => "mounted",
+            ApiMode::Embedded => "embedded",
+        })
+    }
+}
+
+impl std::str::FromStr for ApiMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Ok(ApiMode::Auto),
+            "mounted" => Ok(ApiMode::Mounted),
+            "embedded" => Ok(ApiMode::Embedded),
+            other => Err(format!(
+                "unknown API mode `{other}` (expected auto, mounted or embedded)"
+            )),
+        }
+    }
+}
+
+/// `[api]`: the C/Fortran library (`ckpt_init` and friends).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiConfig {
+    /// `auto`, `mounted` or `embedded`.
+    pub mode: ApiMode,
+    /// Longest `ckpt_checkpoint_wait` blocks for the drain.
+    pub wait_timeout: String,
+    /// Longest `ckpt_finalize` waits for the job's checkpoints to drain
+    /// (embedded mode).
+    pub finalize_timeout: String,
+    /// `ckpt_need_checkpoint` says yes every this many calls; 0 is off.
+    pub interval: u64,
+    /// …or when this many seconds have passed since the last checkpoint;
+    /// 0 is off.
+    pub seconds: u64,
+    /// …or when the last checkpoint took at most this percent of the time
+    /// since it ended; 0 is off.
+    pub overhead: u8,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        Self {
+            mode: ApiMode::Auto,
+            wait_timeout: "10m".into(),
+            finalize_timeout: "5m".into(),
+            interval: 0,
+            seconds: 0,
+            overhead: 10,
+        }
+    }
+}
+
+/// `[criu]`: the CRIU that `ckptfs-dump` and `ckptfs-restore` drive.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriuConfig {
+    /// The criu executable to use, and no other. Unset: a CRIU >= 4 on the
+    /// PATH, else the one `scripts/install-criu.sh` put in
+    /// `/opt/ckptfs/criu/bin/criu`; the newest that runs wins.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
 }
 
 /// `[drain]`: how complete sets move to the lower tiers.
@@ -202,6 +288,8 @@ impl Default for Config {
             drain: DrainConfig::default(),
             pfs: PfsConfig::default(),
             dr: DrConfig::default(),
+            criu: CriuConfig::default(),
+            api: ApiConfig::default(),
         }
     }
 }
@@ -256,6 +344,13 @@ pub struct Overrides {
     pub drain_high_watermark: Option<u8>,
     pub drain_low_watermark: Option<u8>,
     pub drain_early: Option<bool>,
+    pub criu: Option<PathBuf>,
+    pub api_mode: Option<ApiMode>,
+    pub api_wait_timeout: Option<String>,
+    pub api_finalize_timeout: Option<String>,
+    pub api_interval: Option<u64>,
+    pub api_seconds: Option<u64>,
+    pub api_overhead: Option<u8>,
 }
 
 /// Where the configuration in force came from, for `status` and errors.
@@ -375,6 +470,18 @@ impl Config {
         set(&mut self.drain.high_watermark, o.drain_high_watermark);
         set(&mut self.drain.low_watermark, o.drain_low_watermark);
         set(&mut self.drain.early, o.drain_early);
+        if let Some(v) = &o.criu {
+            self.criu.path = Some(std::path::absolute(v).unwrap_or_else(|_| v.clone()));
+        }
+        set(&mut self.api.mode, o.api_mode);
+        set(&mut self.api.wait_timeout, o.api_wait_timeout.clone());
+        set(
+            &mut self.api.finalize_timeout,
+            o.api_finalize_timeout.clone(),
+        );
+        set(&mut self.api.interval, o.api_interval);
+        set(&mut self.api.seconds, o.api_seconds);
+        set(&mut self.api.overhead, o.api_overhead);
         self.check(|key| (format!("--{}", flag_of(key)), key))?;
         Ok(self)
     }
@@ -430,6 +537,8 @@ impl Config {
             ("drain.jitter", &self.drain.jitter),
             ("drain.backoff_min", &self.drain.backoff_min),
             ("drain.backoff_max", &self.drain.backoff_max),
+            ("api.wait_timeout", &self.api.wait_timeout),
+            ("api.finalize_timeout", &self.api.finalize_timeout),
         ] {
             if humantime::parse_duration(value).is_err() {
                 return fail(
@@ -437,6 +546,12 @@ impl Config {
                     format!("{value:?} is not a duration (e.g. \"2s\", \"5m\")"),
                 );
             }
+        }
+        if self.api.overhead > 100 {
+            return fail(
+                "api.overhead",
+                format!("{}% is over 100%", self.api.overhead),
+            );
         }
         let (hi, lo) = (self.drain.high_watermark, self.drain.low_watermark);
         if hi > 100 || lo >= hi {
@@ -555,6 +670,7 @@ pub fn flag_of(key: &str) -> String {
     match k {
         "pfs.dir" => "pfs".into(),
         "dr.address" => "dr".into(),
+        "criu.path" => "criu".into(),
         _ => k.replace(['.', '_'], "-"),
     }
 }
@@ -687,6 +803,44 @@ direct = false
             .unwrap_err()
             .to_string();
         assert!(e.contains("mount.threads"), "{e}");
+    }
+
+    #[test]
+    fn api_table() {
+        let c = Config::default();
+        assert_eq!(c.api.mode, ApiMode::Auto);
+        assert_eq!(duration(&c.api.wait_timeout).as_secs(), 600);
+        assert_eq!(duration(&c.api.finalize_timeout).as_secs(), 300);
+        assert_eq!((c.api.interval, c.api.seconds, c.api.overhead), (0, 0, 10));
+        let c = Config::from_toml(
+            "[api]\nmode = \"embedded\"\nwait_timeout = \"3s\"\ninterval = 5\nseconds = 60\noverhead = 0\n",
+            "t.toml",
+        )
+        .unwrap();
+        assert_eq!(c.api.mode, ApiMode::Embedded);
+        assert_eq!((c.api.interval, c.api.seconds, c.api.overhead), (5, 60, 0));
+        assert_eq!(Config::from_toml(&c.to_toml(), "again").unwrap(), c);
+        for (text, key) in [
+            ("[api]\nmode = \"daemon\"\n", "mode"),
+            ("[api]\nwait_timeout = \"soon\"\n", "api.wait_timeout"),
+            ("[api]\nfinalize_timeout = \"x\"\n", "api.finalize_timeout"),
+            ("[api]\noverhead = 101\n", "api.overhead"),
+            ("[api]\nintervall = 1\n", "intervall"),
+        ] {
+            let e = Config::from_toml(text, "/etc/x.toml")
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("/etc/x.toml") && e.contains(key), "{text}: {e}");
+        }
+        let e = Config::default()
+            .apply(&Overrides {
+                api_wait_timeout: Some("never".into()),
+                ..Default::default()
+            })
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("--api-wait-timeout"), "{e}");
+        assert_eq!("Mounted".parse::<ApiMode>().unwrap(), ApiMode::Mounted);
     }
 
     #[test]

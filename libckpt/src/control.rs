@@ -6,6 +6,7 @@
 //!
 //! ```text
 //! -> {"version":1,"op":"commit","job":"lulesh","set":"step-000100"}
+//! -> {"version":1,"op":"committed","job":"heat","set":"ck.v0000000001"}
 //! <- {"version":1,"ok":true,"result":{...}}
 //! <- {"version":1,"ok":false,"error":{"kind":"busy","message":"..."}}
 //! ```
@@ -60,8 +61,19 @@ pub fn socket_path(cache_root: &Path) -> PathBuf {
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
-    Commit { job: JobName, set: SetName },
-    Unmount { force: bool },
+    Commit {
+        job: JobName,
+        set: SetName,
+    },
+    Unmount {
+        force: bool,
+    },
+    /// The C library (mounted mode) committed `set` in the cache itself:
+    /// drain it now rather than at the next look.
+    Committed {
+        job: JobName,
+        set: SetName,
+    },
 }
 
 /// The class of a refused request, for the command's exit status.
@@ -874,6 +886,10 @@ mod tests {
             commit("lulesh", "step-000100"),
             Request::Unmount { force: true },
             Request::Unmount { force: false },
+            Request::Committed {
+                job: JobName::new("heat").unwrap(),
+                set: SetName::new("ck.v0000000001").unwrap(),
+            },
         ] {
             let line = encode_request(&req);
             assert_eq!(line.last(), Some(&b'\n'));
@@ -1093,6 +1109,7 @@ mod tests {
                     self.unmounted.store(true, Ordering::SeqCst);
                     Ok(json!({"forced": force}))
                 }
+                Request::Committed { job, set } => Ok(json!({"notified": format!("{job}/{set}")})),
             }
         }
     }

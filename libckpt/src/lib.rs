@@ -25,13 +25,16 @@
 pub mod chunk;
 pub mod config;
 pub mod control;
+pub mod criu;
 pub mod dr;
 pub mod drain;
 pub mod durable;
 pub mod io;
 pub mod live;
 pub mod manifest;
+pub mod memimage;
 pub mod path;
+pub mod rank;
 pub mod rate;
 pub mod retention;
 pub mod set;

@@ -40,6 +40,11 @@ pub struct Manifest {
     /// The host that wrote it.
     pub host: String,
     pub total_bytes: u64,
+    /// The set this one depends on (an incremental process dump stores only
+    /// the pages its parent lacks). Absent in self-contained sets, so
+    /// manifests written before the field existed read as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<SetName>,
     pub files: Vec<FileEntry>,
 }
 
@@ -137,6 +142,7 @@ impl Manifest {
             committed: SystemTime::now(),
             host,
             total_bytes,
+            parent: None,
             files,
         }
     }
@@ -269,6 +275,12 @@ impl Manifest {
         if self.host.len() > 255 || self.host.contains('\0') {
             return Err(invalid("host is not a host name"));
         }
+        if self.parent.as_ref() == Some(&self.set) {
+            return Err(invalid(format!(
+                "set {} names itself as its parent",
+                self.set
+            )));
+        }
         Ok(())
     }
 }
@@ -335,6 +347,30 @@ mod tests {
         assert!(text.contains("\"mode\":\"0600\""), "{text}");
         assert!(text.contains("\"version\":1"), "{text}");
         assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn parent_is_optional_and_round_trips() {
+        // A manifest written before the field existed still reads.
+        let old = sample().to_bytes();
+        assert!(!String::from_utf8_lossy(&old).contains("parent"));
+        assert_eq!(Manifest::parse(&old).unwrap().parent, None);
+
+        let mut m = sample();
+        m.parent = Some(SetName::new("s0").unwrap());
+        let bytes = m.to_bytes();
+        assert!(String::from_utf8_lossy(&bytes).contains("\"parent\":\"s0\""));
+        assert_eq!(Manifest::parse(&bytes).unwrap(), m);
+
+        m.parent = Some(m.set.clone());
+        let e = Manifest::parse(&m.to_bytes()).unwrap_err();
+        assert!(e.to_string().contains("its parent"), "{e}");
+        let text = String::from_utf8(sample().to_bytes()).unwrap();
+        let evil = text.replace("\"files\":", "\"parent\":\"../x\",\"files\":");
+        assert!(matches!(
+            Manifest::parse(evil.as_bytes()),
+            Err(ManifestError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -1,5 +1,15 @@
 //! Which sets to remove: a pure function of the sets' states and ages, so the
 //! policy is tested on tables without touching a disk.
+//!
+//! Chains: an incremental process dump (`ckptfs-dump --incremental`) stores
+//! only the pages its parent lacks, so a kept set needs its ancestors.
+//! Retention never removes a set that a kept set needs. Every caller (the
+//! cache, each tier) sees at least the sets' names, so the chain is read
+//! from the name ([`chain_parent`]: `BASE+K` depends on `BASE+(K-1)`, and
+//! `BASE+1` on `BASE`); a caller that has the manifests can pass their
+//! `parent` fields to [`Retention::plan_with_parents`] instead.
+
+use std::collections::{HashMap, HashSet};
 
 use crate::path::SetName;
 use crate::set::{SetInfo, SetState};
@@ -17,6 +27,45 @@ impl Retention {
     /// copied in by hand and one with a damaged manifest are never chosen:
     /// the first is someone's work in progress, the others need a human.
     pub fn plan(&self, sets: &[SetInfo]) -> Vec<SetName> {
+        self.plan_with_parents(sets, &|s: &SetInfo| chain_parent(&s.set))
+    }
+
+    /// [`plan`](Self::plan), with each set's parent given by `parent_of`:
+    /// the ancestors of every kept complete set are kept too (and so are
+    /// the ancestors of sets being written, which may be dumps under way).
+    pub fn plan_with_parents(
+        &self,
+        sets: &[SetInfo],
+        parent_of: &dyn Fn(&SetInfo) -> Option<SetName>,
+    ) -> Vec<SetName> {
+        let doomed = self.plan_flat(sets);
+        let doomed_set: HashSet<&SetName> = doomed.iter().collect();
+        let by_name: HashMap<&SetName, &SetInfo> = sets.iter().map(|s| (&s.set, s)).collect();
+        let mut needed: HashSet<SetName> = HashSet::new();
+        for s in sets.iter().filter(|s| !doomed_set.contains(&s.set)) {
+            let mut cur = parent_of(s);
+            // Bounded by the number of sets: a cycle cannot loop forever.
+            for _ in 0..sets.len() {
+                let Some(p) = cur else { break };
+                if !needed.insert(p.clone()) {
+                    break;
+                }
+                cur = by_name.get(&p).and_then(|info| parent_of(info));
+            }
+        }
+        doomed
+            .into_iter()
+            .filter(|s| {
+                // An abandoned set is never anyone's parent: its dump failed.
+                let abandoned = by_name
+                    .get(s)
+                    .is_some_and(|i| i.state == SetState::Abandoned);
+                abandoned || !needed.contains(s)
+            })
+            .collect()
+    }
+
+    fn plan_flat(&self, sets: &[SetInfo]) -> Vec<SetName> {
         let mut sorted: Vec<&SetInfo> = sets.iter().collect();
         sorted.sort_by(|a, b| b.age_key().cmp(&a.age_key()));
         let mut complete_seen = 0usize;
@@ -36,6 +85,36 @@ impl Retention {
         doomed.reverse();
         doomed
     }
+}
+
+/// The set `set` depends on, read from its name: `BASE+K` (K a number
+/// from 1, no leading zero) depends on `BASE+(K-1)`, and `BASE+1` on `BASE`.
+/// Any other name stands alone.
+pub fn chain_parent(set: &SetName) -> Option<SetName> {
+    let (base, k) = set.as_str().rsplit_once('+')?;
+    if base.is_empty()
+        || k.is_empty()
+        || k.starts_with('0')
+        || !k.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let k: u64 = k.parse().ok()?;
+    let parent = if k == 1 {
+        base.to_owned()
+    } else {
+        format!("{base}+{}", k - 1)
+    };
+    SetName::new(parent).ok()
+}
+
+/// The name of the `k`-th incremental set on top of the full set `base`
+/// (see [`chain_parent`]).
+pub fn chain_name(base: &SetName, k: u64) -> Option<SetName> {
+    if k == 0 {
+        return Some(base.clone());
+    }
+    SetName::new(format!("{base}+{k}")).ok()
 }
 
 #[cfg(test)]
@@ -99,6 +178,62 @@ mod tests {
         for (keep, want) in cases {
             assert_eq!(plan(*keep, &t), *want, "keep {keep}");
         }
+    }
+
+    #[test]
+    fn chains_keep_what_kept_sets_need() {
+        // d1 full, d1+1..d1+3 incremental; d2 full, d2+1 incremental.
+        let t = [
+            ("d1", 1, 'C'),
+            ("d1+1", 2, 'C'),
+            ("d1+2", 3, 'C'),
+            ("d1+3", 4, 'C'),
+            ("d2", 5, 'C'),
+            ("d2+1", 6, 'C'),
+            ("d2+2", 7, 'A'),
+        ];
+        let cases: &[(usize, &[&str])] = &[
+            (1, &["d1", "d1+1", "d1+2", "d1+3", "d2+2"]),
+            (2, &["d1", "d1+1", "d1+2", "d1+3", "d2+2"]),
+            // d1+3 is kept: its whole chain stays.
+            (3, &["d2+2"]),
+            (6, &["d2+2"]),
+            (0, &["d2+2"]),
+        ];
+        for (keep, want) in cases {
+            assert_eq!(plan(*keep, &t), *want, "keep {keep}");
+        }
+        // A chain whose newest member is being written keeps its parents.
+        let t = [("d1", 1, 'C'), ("d1+1", 2, 'C'), ("d1+2", 3, 'W')];
+        assert!(plan(1, &t).is_empty(), "{:?}", plan(1, &t));
+    }
+
+    #[test]
+    fn parents_from_manifests() {
+        let t = sets(&[("a", 1, 'C'), ("b", 2, 'C'), ("c", 3, 'C')]);
+        let parent = |s: &SetInfo| (s.set.as_str() == "c").then(|| SetName::new("a").unwrap());
+        let got = Retention { keep: 1 }.plan_with_parents(&t, &parent);
+        assert_eq!(got, [SetName::new("b").unwrap()]);
+        // A cycle (a damaged record) ends the walk instead of looping.
+        let cyc = |s: &SetInfo| {
+            Some(SetName::new(if s.set.as_str() == "a" { "c" } else { "a" }).unwrap())
+        };
+        let got = Retention { keep: 1 }.plan_with_parents(&t, &cyc);
+        assert_eq!(got, [SetName::new("b").unwrap()]);
+    }
+
+    #[test]
+    fn chain_names() {
+        let p = |s: &str| chain_parent(&SetName::new(s).unwrap()).map(|p| p.to_string());
+        assert_eq!(p("d+1").as_deref(), Some("d"));
+        assert_eq!(p("d+12").as_deref(), Some("d+11"));
+        assert_eq!(p("a+b+2").as_deref(), Some("a+b+1"));
+        for alone in ["d", "d+", "+1", "d+01", "d+0", "d+x", "d+1x", "d+-1"] {
+            assert_eq!(p(alone), None, "{alone}");
+        }
+        let base = SetName::new("d").unwrap();
+        assert_eq!(chain_name(&base, 0).unwrap(), base);
+        assert_eq!(chain_name(&base, 3).unwrap().as_str(), "d+3");
     }
 
     #[test]

@@ -306,6 +306,41 @@ pub fn stage_in(
     }
 }
 
+/// Longest parent chain followed: a damaged manifest naming a cycle ends
+/// here rather than looping.
+pub const MAX_CHAIN: usize = 10_000;
+
+/// Make `set` and every set it depends on (its manifest's `parent`, and
+/// that one's, …) complete sets of the cache, staging in from the tiers
+/// the ones the cache lacks (see [`stage_in`]). Returns the sets staged in,
+/// with the tier each came from, newest first.
+pub fn stage_in_chain(
+    store: &Store,
+    tiers: &[Arc<dyn Tier>],
+    job: &JobName,
+    set: &SetName,
+    progress: &dyn Fn(u64),
+) -> Result<Vec<(SetName, String)>, StageError> {
+    let mut staged = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut cur = Some(set.clone());
+    while let Some(s) = cur {
+        if !seen.insert(s.clone()) || seen.len() > MAX_CHAIN {
+            return Err(StageError::AllFailed {
+                job: job.clone(),
+                set: set.clone(),
+                attempts: vec![format!("its chain of parents loops at set {s}")],
+            });
+        }
+        if !store.info(job, &s)?.is_some_and(|i| i.is_complete()) {
+            let tier = stage_in(store, tiers, job, &s, progress)?;
+            staged.push((s.clone(), tier));
+        }
+        cur = store.manifest(job, &s)?.parent;
+    }
+    Ok(staged)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -389,5 +424,63 @@ mod tests {
         assert_eq!(node2.latest(&job).unwrap().unwrap().set, set);
         assert!(node2.verify(&job, &set).unwrap().ok());
         assert_eq!(node2.manifest(&job, &set).unwrap(), m);
+    }
+
+    #[test]
+    fn a_chain_of_parents_is_staged_in_from_a_tier() {
+        let d = crate::testutil::scratch("ckpt-chain-");
+        let node1 = store_at(&d.path().join("node1"));
+        let job = JobName::new("j").unwrap();
+        let pfs_root = d.path().join("pfs");
+        std::fs::create_dir(&pfs_root).unwrap();
+        let pfs = PfsTier::new(&pfs_root);
+        let names = ["d", "d+1", "d+2"];
+        for (i, name) in names.iter().enumerate() {
+            let set = SetName::new(*name).unwrap();
+            let mut w = node1.create_set(&job, &set).unwrap();
+            w.write_bytes(&RelPath::new("x").unwrap(), name.as_bytes())
+                .unwrap();
+            let mut m = w.commit().unwrap();
+            if i > 0 {
+                // As ckptfs-dump records an incremental dump's parent.
+                m.parent = Some(SetName::new(names[i - 1]).unwrap());
+                crate::durable::write_atomic(
+                    &node1.manifest_path(&job, &set),
+                    &m.to_bytes(),
+                    0o644,
+                )
+                .unwrap();
+            }
+            let src = Source {
+                engine: node1.engine(),
+                manifest: &m,
+                dir: node1.set_dir(&job, &set),
+            };
+            pfs.push(&src, &RateLimiter::unlimited(), &mut NoResume)
+                .unwrap();
+        }
+        let tiers: Vec<Arc<dyn Tier>> = vec![Arc::new(pfs)];
+        let node2 = store_at(&d.path().join("node2"));
+        let last = SetName::new("d+2").unwrap();
+        let staged = stage_in_chain(&node2, &tiers, &job, &last, &|_| {}).unwrap();
+        let got: Vec<&str> = staged.iter().map(|(s, _)| s.as_str()).collect();
+        assert_eq!(got, ["d+2", "d+1", "d"]);
+        for name in names {
+            let s = SetName::new(name).unwrap();
+            assert!(node2.verify(&job, &s).unwrap().ok());
+        }
+        assert_eq!(
+            node2
+                .manifest(&job, &last)
+                .unwrap()
+                .parent
+                .unwrap()
+                .as_str(),
+            "d+1"
+        );
+        // All there now: nothing more to stage.
+        assert!(stage_in_chain(&node2, &tiers, &job, &last, &|_| {})
+            .unwrap()
+            .is_empty());
     }
 }

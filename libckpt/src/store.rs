@@ -6,6 +6,8 @@
 //! <root>/.ckptfs/LAYOUT                  store layout version
 //! <root>/.ckptfs/sets/<job>/<set>/
 //!     writer                             who is writing the set; flock'ed while they live
+//!     writer.<rank>, ranks.json, parts/  the same for a set written by several ranks
+//!                                        (libckpt API; see `rank`)
 //!     manifest.json                      the commit point: present = complete
 //!     deleting                           a delete is under way (finished by retention)
 //! ```
@@ -49,8 +51,8 @@ const DELETING_FILE: &str = "deleting";
 
 /// Mode of checkpoint files: memory dumps and application state hold secrets.
 pub const FILE_MODE: u32 = 0o600;
-const SET_DIR_MODE: u32 = 0o700;
-const PUBLIC_DIR_MODE: u32 = 0o755;
+pub(crate) const SET_DIR_MODE: u32 = 0o700;
+pub(crate) const PUBLIC_DIR_MODE: u32 = 0o755;
 
 /// Everything that can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -313,12 +315,23 @@ impl Store {
     /// temp file before the rename, so nobody ever sees the record unlocked
     /// while its writer lives.
     fn take_writer(&self, meta: &Path, created: SystemTime) -> Result<File> {
+        self.take_writer_named(meta, WRITER_FILE, created)
+    }
+
+    /// [`take_writer`](Self::take_writer) under another record name (the
+    /// per-rank records `writer.<rank>` of [`crate::rank`]).
+    pub(crate) fn take_writer_named(
+        &self,
+        meta: &Path,
+        name: &str,
+        created: SystemTime,
+    ) -> Result<File> {
         let rec = WriterRecord {
             pid: std::process::id(),
             host: self.inner.host.clone(),
             created,
         };
-        let path = meta.join(WRITER_FILE);
+        let path = meta.join(name);
         let tmp = durable::temp_path(&path);
         let mut f = OpenOptions::new()
             .read(true)
@@ -348,29 +361,34 @@ impl Store {
     }
 
     /// The writer of a set, and whether it still lives (holds the lock).
+    /// A set written by several ranks has one record per rank
+    /// (`writer.<rank>`): it lives while any of them does.
     fn writer_of(&self, meta: &Path) -> Option<(WriterRecord, bool)> {
-        let path = meta.join(WRITER_FILE);
-        let f = File::open(&path).ok()?;
-        let alive = match f.try_lock() {
-            Ok(()) => false,
-            Err(fs::TryLockError::WouldBlock) => true,
-            Err(fs::TryLockError::Error(_)) => false,
-        };
-        let mut body = Vec::new();
-        let rec = (&f)
-            .take(64 * 1024)
-            .read_to_end(&mut body)
-            .ok()
-            .and_then(|_| serde_json::from_slice(&body).ok())
-            .unwrap_or(WriterRecord {
-                pid: 0,
-                host: "unknown".into(),
-                created: f
-                    .metadata()
-                    .map(|m| birth_time(&m))
-                    .unwrap_or(SystemTime::UNIX_EPOCH),
-            });
-        Some((rec, alive))
+        let mut found = None;
+        for path in writer_records(meta) {
+            if let Some((rec, alive)) = read_writer(&path) {
+                if alive {
+                    return Some((rec, true));
+                }
+                found.get_or_insert((rec, false));
+            }
+        }
+        found
+    }
+
+    /// The pid and host of the writer record at `path`, if its writer lives.
+    pub(crate) fn live_writer_at(&self, path: &Path) -> Option<(u32, String)> {
+        read_writer(path)
+            .filter(|(_, alive)| *alive)
+            .map(|(r, _)| (r.pid, r.host))
+    }
+
+    /// Whether any writer record of the set is held by a live process, and
+    /// the pid and host of one.
+    pub(crate) fn live_writer(&self, meta: &Path) -> Option<(u32, String)> {
+        self.writer_of(meta)
+            .filter(|(_, alive)| *alive)
+            .map(|(r, _)| (r.pid, r.host))
     }
 
     /// Jobs with at least one set (in any state), sorted.
@@ -448,9 +466,19 @@ impl Store {
                 SetState::Abandoned
             };
         } else if data_md.is_none() {
-            // Metadata directory without a writer record: create_set died
-            // between the two steps.
-            info.state = SetState::Abandoned;
+            // Metadata directory without a writer record: a writer is
+            // between the two steps of creating the set (retention in
+            // another thread must not take it for dead), or died there.
+            let young = fs::metadata(&meta)
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age < CREATE_GRACE);
+            info.state = if young {
+                SetState::Writing
+            } else {
+                SetState::Abandoned
+            };
         }
         if data_md.is_some() {
             let (files, bytes) = tally(&data);
@@ -828,10 +856,23 @@ impl Store {
                 })
             })
             .collect::<Result<_>>()?;
-        for d in tree.dirs.iter().rev() {
+        self.put_manifest(job, set, created, files, &tree.dirs)
+    }
+
+    /// The end of every commit: sync the set's directories (`dirs`, parents
+    /// first), put the manifest in place, then apply retention.
+    pub(crate) fn put_manifest(
+        &self,
+        job: &JobName,
+        set: &SetName,
+        created: SystemTime,
+        files: Vec<FileEntry>,
+        dirs: &[PathBuf],
+    ) -> Result<Manifest> {
+        for d in dirs.iter().rev() {
             durable::sync_dir(d)?;
         }
-        durable::sync_parent(&dir)?;
+        durable::sync_parent(&self.set_dir(job, set))?;
         let m = Manifest::new(
             job.clone(),
             set.clone(),
@@ -1001,11 +1042,71 @@ impl SetWriter {
     }
 }
 
+/// How long a set's metadata directory without any writer record counts
+/// as being created rather than left by a writer that died creating it.
+const CREATE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The writer records of a set: `writer`, then `writer.<rank>` in name order.
+fn writer_records(meta: &Path) -> Vec<PathBuf> {
+    let mut out = vec![meta.join(WRITER_FILE)];
+    let prefix = format!("{WRITER_FILE}.");
+    if let Ok(rd) = fs::read_dir(meta) {
+        let mut ranked: Vec<PathBuf> = rd
+            .flatten()
+            .filter(|e| {
+                e.file_name()
+                    .to_str()
+                    .is_some_and(|n| n.starts_with(&prefix))
+            })
+            .map(|e| e.path())
+            .collect();
+        ranked.sort();
+        out.extend(ranked);
+    }
+    out
+}
+
+/// One writer record, and whether its writer still holds its lock.
+fn read_writer(path: &Path) -> Option<(WriterRecord, bool)> {
+    let f = File::open(path).ok()?;
+    // A shared lock: a live writer's exclusive one refuses it, but two
+    // probes at once (ranks, a drain's retention) never see each other as
+    // a live writer. Let go at once all the same.
+    let alive = match f.try_lock_shared() {
+        Ok(()) => {
+            let _ = f.unlock();
+            false
+        }
+        Err(fs::TryLockError::WouldBlock) => true,
+        Err(fs::TryLockError::Error(_)) => false,
+    };
+    let mut body = Vec::new();
+    let rec = (&f)
+        .take(64 * 1024)
+        .read_to_end(&mut body)
+        .ok()
+        .and_then(|_| serde_json::from_slice(&body).ok())
+        .unwrap_or(WriterRecord {
+            pid: 0,
+            host: "unknown".into(),
+            created: f
+                .metadata()
+                .map(|m| birth_time(&m))
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+        });
+    Some((rec, alive))
+}
+
 /// Regular files (with their metadata) and directories under a set.
 struct Tree {
     files: Vec<(RelPath, PathBuf, fs::Metadata)>,
     /// Directories, parents before children, the root first.
     dirs: Vec<PathBuf>,
+}
+
+/// The directories of a set, parents before children (for syncing them).
+pub(crate) fn dirs_of(dir: &Path) -> Result<Vec<PathBuf>> {
+    Ok(walk(dir)?.dirs)
 }
 
 fn walk(dir: &Path) -> Result<Tree> {
@@ -1138,8 +1239,12 @@ fn check_layout(path: &Path) -> Result<()> {
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let body = format!("{LAYOUT_TAG} {LAYOUT_VERSION}\n");
-            durable::write_atomic(path, body.as_bytes(), 0o644)?;
-            Ok(())
+            match durable::write_atomic(path, body.as_bytes(), 0o644) {
+                // Another thread of this process opening the same new store
+                // used the same temp name and renamed it first.
+                Err(_) if fs::read_to_string(path).is_ok() => check_layout(path),
+                other => Ok(other?),
+            }
         }
         Err(e) => Err(PathError::new("reading", path, e).into()),
     }

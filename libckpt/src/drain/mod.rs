@@ -8,11 +8,18 @@
 //! never waits for any of it. What is pending, in flight, done or failed,
 //! and how old the oldest undrained set is (the RPO exposure), is in
 //! [`Drain::status`].
+//!
+//! One drain per cache at a time, whoever runs it (the mount daemon, a
+//! library in embedded mode, `ckptfs drain`, several ranks' libraries):
+//! the workers drain only while their `Drain` holds the cache-wide lock
+//! `<cache>/.ckptfs/drain.lock` (flock). A drain that cannot take it waits
+//! for it in the background, so when the holder ends another takes over.
 
 pub mod journal;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::fs::File;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -124,6 +131,31 @@ fn dr_tier(addr: &str, key: &std::path::Path, level: i32) -> Result<Arc<dyn Tier
 }
 
 type Key = (JobName, SetName);
+
+/// The cache-wide drain lock, in the store's metadata directory.
+pub const LOCK_FILE: &str = "drain.lock";
+/// How often a drain without the lock tries to take it.
+const LOCK_RETRY: Duration = Duration::from_millis(250);
+
+/// Take `<cache>/.ckptfs/drain.lock` without waiting; `Ok(None)` when
+/// another drain holds it.
+fn try_cache_lock(store: &Store) -> std::io::Result<Option<File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = store.root().join(crate::store::META_DIR).join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&path)?;
+    match f.try_lock() {
+        Ok(()) => Ok(Some(f)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
 
 #[derive(Debug, Clone)]
 struct Retry {
@@ -237,6 +269,10 @@ pub struct Drain {
     stop: AtomicBool,
     listeners: Mutex<Vec<Listener>>,
     early: Mutex<Option<Arc<dyn EarlySource>>>,
+    /// The cache-wide drain lock, once this drain holds it; released when
+    /// its last worker ends.
+    cache_lock: Mutex<Option<File>>,
+    workers: AtomicUsize,
 }
 
 fn rand_fraction() -> f64 {
@@ -263,6 +299,8 @@ impl Drain {
             stop: AtomicBool::new(false),
             listeners: Mutex::new(Vec::new()),
             early: Mutex::new(None),
+            cache_lock: Mutex::new(None),
+            workers: AtomicUsize::new(0),
         })
     }
 
@@ -336,10 +374,17 @@ impl Drain {
         (0..self.slots.len())
             .filter_map(|i| {
                 let this = self.clone();
-                std::thread::Builder::new()
+                self.workers.fetch_add(1, Ordering::SeqCst);
+                let spawned = std::thread::Builder::new()
                     .name(format!("ckptfs-drain-{}", self.slots[i].tier.name()))
-                    .spawn(move || this.worker(i))
-                    .ok()
+                    .spawn(move || {
+                        this.worker(i);
+                        this.worker_ended();
+                    });
+                if spawned.is_err() {
+                    self.worker_ended();
+                }
+                spawned.ok()
             })
             .collect()
     }
@@ -348,6 +393,40 @@ impl Drain {
     pub fn notify(&self) {
         *self.wake.lock().unwrap_or_else(|p| p.into_inner()) += 1;
         self.cv.notify_all();
+    }
+
+    /// Whether this drain holds the cache-wide drain lock (taking it if it
+    /// is free).
+    pub fn holds_cache_lock(&self) -> bool {
+        let mut held = self.cache_lock.lock().unwrap_or_else(|p| p.into_inner());
+        if held.is_some() {
+            return true;
+        }
+        match try_cache_lock(&self.store) {
+            Ok(Some(f)) => {
+                tracing::info!(cache = %self.store.root().display(), "drain lock taken: this process drains the cache");
+                *held = Some(f);
+                true
+            }
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(cache = %self.store.root().display(), error = %e, "cannot take the drain lock");
+                false
+            }
+        }
+    }
+
+    fn worker_ended(&self) {
+        if self.workers.fetch_sub(1, Ordering::SeqCst) == 1 {
+            let released = self
+                .cache_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if released.is_some() {
+                tracing::info!(cache = %self.store.root().display(), "drain lock released");
+            }
+        }
     }
 
     pub fn shutdown(&self) {
@@ -367,7 +446,19 @@ impl Drain {
     fn worker(&self, i: usize) {
         let slot = &self.slots[i];
         tracing::info!(tier = slot.tier.name(), location = %slot.tier.location(), "drain started");
+        let mut waiting_said = false;
         while !self.stop.load(Ordering::Relaxed) {
+            if !self.holds_cache_lock() {
+                if !waiting_said {
+                    tracing::info!(
+                        tier = slot.tier.name(),
+                        "another process drains this cache; waiting for its drain lock"
+                    );
+                    waiting_said = true;
+                }
+                self.pause(LOCK_RETRY);
+                continue;
+            }
             match self.next_for(slot, None) {
                 Some(info) => {
                     let first = !slot
@@ -770,3 +861,92 @@ fn last_used(store: &Store, s: &SetInfo) -> SystemTime {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod lock_tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::path::RelPath;
+    use crate::store::StoreOptions;
+    use crate::tier::pfs::PfsTier;
+
+    fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !f() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn one_drain_per_cache_and_another_takes_over() {
+        let d = crate::testutil::scratch("ckpt-drainlock-");
+        let pfs = d.path().join("pfs");
+        std::fs::create_dir(&pfs).unwrap();
+        let opts = StoreOptions {
+            chunk_size: 64 * 1024,
+            keep: 0,
+            required_tiers: vec!["pfs".into()],
+        };
+        // Two "processes" on one cache.
+        let stores: Vec<Store> = (0..2)
+            .map(|_| crate::testutil::store_at(&d.path().join("cache"), opts.clone()))
+            .collect();
+        let drains: Vec<Arc<Drain>> = stores
+            .iter()
+            .map(|s| {
+                let tier: Arc<dyn Tier> = Arc::new(PfsTier::new(&pfs));
+                Drain::new(
+                    s.clone(),
+                    vec![(
+                        tier,
+                        TierPolicy {
+                            keep: 0,
+                            rate: None,
+                        },
+                    )],
+                    DrainOptions {
+                        jitter: Duration::ZERO,
+                        ..DrainOptions::default()
+                    },
+                )
+            })
+            .collect();
+        let first = drains[0].start();
+        wait_for("the first drain to take the lock", || {
+            drains[0].cache_lock.lock().unwrap().is_some()
+        });
+        let second = drains[1].start();
+        let job = JobName::new("j").unwrap();
+        let commit = |set: &str| {
+            let mut w = stores[0]
+                .create_set(&job, &SetName::new(set).unwrap())
+                .unwrap();
+            w.write_bytes(&RelPath::new("a").unwrap(), &[1u8; 10_000])
+                .unwrap();
+            w.commit().unwrap();
+            drains.iter().for_each(|d| d.notify());
+        };
+        commit("s1");
+        wait_for("s1 on the PFS", || {
+            stores[0].drained_everywhere(&job, &SetName::new("s1").unwrap())
+        });
+        assert!(!drains[1].holds_cache_lock(), "two drains on one cache");
+        assert_eq!(drains[1].status()[0].sets_done, 0);
+        // The holder ends: the other takes over.
+        drains[0].shutdown();
+        first.into_iter().for_each(|h| h.join().unwrap());
+        commit("s2");
+        wait_for("s2 on the PFS", || {
+            stores[1].drained_everywhere(&job, &SetName::new("s2").unwrap())
+        });
+        // The journal is written just before the worker counts the set.
+        wait_for("the second drain to count s2", || {
+            drains[1].status()[0].sets_done == 1
+        });
+        drains[1].shutdown();
+        second.into_iter().for_each(|h| h.join().unwrap());
+        assert!(drains[1].cache_lock.lock().unwrap().is_none());
+    }
+}

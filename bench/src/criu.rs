@@ -1,0 +1,440 @@
+//! `ckptfs-dump` / `ckptfs-restore` against plain CRIU, in one run
+//! (issue 7, "Benchmarks"):
+//!
+//! 1. `dump`: a process with `--mem` of resident memory (default 2 GiB,
+//!    distinct pages) dumped by `ckptfs-dump --leave-running` into the
+//!    store, against `criu dump --leave-running` into a directory on the
+//!    same disk, alone and followed by `sync` (ckptfs commits durably).
+//! 2. `incremental`: the process rewrites 10 % of its pages, then
+//!    `ckptfs-dump --incremental`: bytes stored against the full dump's.
+//! 3. `restore`: `ckptfs-restore --detach` of the full set (every chunk
+//!    verified, then CRIU) against `criu restore --restore-detached` from
+//!    the plain images; and, for the record, of the incremental set
+//!    (its page images rebuilt first).
+//!
+//! Every timed step starts with the page cache written back and dropped.
+//! Ratios are taken within a round; the median over rounds is reported.
+//! Nothing here asserts a time: the figures are for people.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use bytesize::ByteSize;
+use serde_json::Value;
+
+use crate::stats::{median, median_ratio};
+
+const JOB: &str = "cbench";
+
+/// Flags of `ckpt-bench criu`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Resident memory of the dumped process.
+    #[arg(long, default_value = "2GiB", value_parser = crate::parse_size)]
+    pub mem: u64,
+    /// Rounds; the median over them is reported.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
+    /// Working directory, on the disk under test (not tmpfs).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// The criu to compare with [default: the one ckptfs-dump finds].
+    #[arg(long)]
+    pub criu: Option<PathBuf>,
+    /// Directory holding ckptfs-dump and ckptfs-restore [default: beside
+    /// this binary].
+    #[arg(long)]
+    pub bin_dir: Option<PathBuf>,
+}
+
+/// One round's figures (seconds, bytes).
+#[derive(Debug, Default)]
+struct Round {
+    ckptfs_dump: f64,
+    criu_dump: f64,
+    criu_dump_sync: f64,
+    full_bytes: u64,
+    plain_bytes: u64,
+    incr_bytes: u64,
+    ckptfs_restore: f64,
+    criu_restore: f64,
+    ckptfs_restore_incr: f64,
+}
+
+fn settle() {
+    // SAFETY: sync(2) has no arguments and cannot fail.
+    unsafe { libc::sync() };
+}
+
+fn quiesce() -> anyhow::Result<()> {
+    settle();
+    fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (needs root)")?;
+    thread::sleep(Duration::from_secs(1));
+    Ok(())
+}
+
+fn timed(cmd: &mut Command, what: &str) -> anyhow::Result<(f64, String)> {
+    let t = Instant::now();
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {what}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    if !out.status.success() {
+        bail!(
+            "{what} failed ({}): {}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok((secs, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+fn alive(pid: i32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// SIGKILL and wait until the pid is free again (for the next restore).
+fn kill(pid: i32, child: Option<&mut Child>) -> anyhow::Result<()> {
+    // SAFETY: kill(2) with a positive pid.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    if let Some(c) = child {
+        let _ = c.wait();
+    }
+    let t = Instant::now();
+    while alive(pid) {
+        ensure!(
+            t.elapsed() < Duration::from_secs(120),
+            "pid {pid} does not go away"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn log_lines(log: &Path) -> Vec<String> {
+    fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let t = Instant::now();
+    while !cond() {
+        ensure!(
+            t.elapsed() < Duration::from_secs(300),
+            "timed out waiting for {what}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+fn dir_bytes(dir: &Path) -> u64 {
+    fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| e.metadata().ok())
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn compile_counter(dir: &Path) -> anyhow::Result<PathBuf> {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ckptfs/tests/criu/counter.c");
+    let out = dir.join("counter");
+    let st = Command::new("gcc")
+        .args(["-O2", "-o"])
+        .arg(&out)
+        .arg(&src)
+        .status()
+        .context("running gcc")?;
+    ensure!(st.success(), "gcc {} failed", src.display());
+    Ok(out)
+}
+
+fn manifest_bytes(cache: &Path, set: &str) -> anyhow::Result<u64> {
+    let p = cache
+        .join(".ckptfs/sets")
+        .join(JOB)
+        .join(set)
+        .join("manifest.json");
+    let v: Value = serde_json::from_slice(&fs::read(&p).with_context(|| p.display().to_string())?)?;
+    Ok(v["total_bytes"].as_u64().unwrap_or(0))
+}
+
+fn set_of(json_out: &str) -> anyhow::Result<String> {
+    let v: Value = serde_json::from_str(json_out.trim()).context("ckptfs-dump --json output")?;
+    v["set"]
+        .as_str()
+        .map(str::to_owned)
+        .context("no set in ckptfs-dump's output")
+}
+
+fn pid_of(json_out: &str) -> anyhow::Result<i32> {
+    let v: Value = serde_json::from_str(json_out.trim()).context("ckptfs-restore --json output")?;
+    v["pid"]
+        .as_i64()
+        .map(|p| p as i32)
+        .context("no pid in ckptfs-restore's output")
+}
+
+fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round> {
+    let mut r = Round::default();
+    let rd = dir.join(format!("round-{n}"));
+    let _ = fs::remove_dir_all(&rd);
+    fs::create_dir_all(&rd)?;
+    let cache = rd.join("cache");
+    let plain = rd.join("plain");
+    let work = rd.join("work");
+    fs::create_dir_all(&plain)?;
+    fs::create_dir_all(&work)?;
+    let log = rd.join("count.log");
+    let mib = (args.mem >> 20).to_string();
+    let mut child = Command::new(&bins.counter)
+        .arg(&log)
+        .args(["--mem", &mib, "--interval-ms", "100"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the counter")?;
+    let pid = child.id() as i32;
+    let result = (|| -> anyhow::Result<()> {
+        wait_for("the counter to fill its memory", || {
+            !log_lines(&log).is_empty()
+        })?;
+        let cache_s = cache.display().to_string();
+        let pid_s = pid.to_string();
+        let dump_args = |extra: &[&str]| {
+            let mut c = Command::new(&bins.dump);
+            c.args([
+                &pid_s, "--job", JOB, "--cache", &cache_s, "--keep", "0", "--json",
+            ])
+            .arg("--criu")
+            .arg(&bins.criu)
+            .arg("--leave-running")
+            .args(extra);
+            c
+        };
+        // Warm-up: the criu check, the store's directories.
+        let (_, out) = timed(&mut dump_args(&[]), "ckptfs-dump (warm-up)")?;
+        let warm = set_of(&out)?;
+        Command::new(&bins.ckptfs)
+            .args(["--cache", &cache_s, "rm", JOB, &warm])
+            .output()?;
+
+        // 1. Full dumps, the order alternating between rounds.
+        let mut full_set = String::new();
+        let plain_first = n % 2 == 1;
+        for step in 0..2 {
+            quiesce()?;
+            if (step == 0) == plain_first {
+                let t = Instant::now();
+                timed(
+                    Command::new(&bins.criu)
+                        .args(["dump", "-t", &pid_s, "--leave-running", "-D"])
+                        .arg(&plain)
+                        .arg("-W")
+                        .arg(&work)
+                        .args(["-o", "dump.log"]),
+                    "criu dump",
+                )?;
+                r.criu_dump = t.elapsed().as_secs_f64();
+                settle();
+                r.criu_dump_sync = t.elapsed().as_secs_f64();
+            } else {
+                let (secs, out) = timed(&mut dump_args(&[]), "ckptfs-dump")?;
+                r.ckptfs_dump = secs;
+                full_set = set_of(&out)?;
+            }
+        }
+        r.full_bytes = manifest_bytes(&cache, &full_set)?;
+        r.plain_bytes = dir_bytes(&plain);
+
+        // 2. 10 % of the pages rewritten, then an incremental dump.
+        let touched = log_lines(&log)
+            .iter()
+            .filter(|l| l.starts_with("touched"))
+            .count();
+        // SAFETY: kill(2) with a positive pid.
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+        wait_for("the counter to rewrite 10% of its pages", || {
+            log_lines(&log)
+                .iter()
+                .filter(|l| l.starts_with("touched"))
+                .count()
+                > touched
+        })?;
+        quiesce()?;
+        let (_, out) = timed(
+            &mut dump_args(&["--incremental"]),
+            "ckptfs-dump --incremental",
+        )?;
+        let incr_set = set_of(&out)?;
+        r.incr_bytes = manifest_bytes(&cache, &incr_set)?;
+
+        // 3. Restores, from the full images; then the incremental set.
+        kill(pid, Some(&mut child))?;
+        for step in 0..2 {
+            quiesce()?;
+            if (step == 0) == plain_first {
+                let pidfile = work.join("restored.pid");
+                let _ = fs::remove_file(&pidfile);
+                let (secs, _) = timed(
+                    Command::new(&bins.criu)
+                        .args(["restore", "--restore-detached", "-D"])
+                        .arg(&plain)
+                        .arg("-W")
+                        .arg(&work)
+                        .args(["-o", "restore.log", "--pidfile"])
+                        .arg(&pidfile),
+                    "criu restore",
+                )?;
+                r.criu_restore = secs;
+                let rpid: i32 = fs::read_to_string(&pidfile)?.trim().parse()?;
+                kill(rpid, None)?;
+            } else {
+                let (secs, out) = timed(
+                    Command::new(&bins.restore)
+                        .args([JOB, &full_set, "--detach", "--json", "--cache", &cache_s])
+                        .arg("--criu")
+                        .arg(&bins.criu),
+                    "ckptfs-restore",
+                )?;
+                r.ckptfs_restore = secs;
+                kill(pid_of(&out)?, None)?;
+            }
+        }
+        quiesce()?;
+        let (secs, out) = timed(
+            Command::new(&bins.restore)
+                .args([JOB, &incr_set, "--detach", "--json", "--cache", &cache_s])
+                .arg("--criu")
+                .arg(&bins.criu),
+            "ckptfs-restore (incremental)",
+        )?;
+        r.ckptfs_restore_incr = secs;
+        kill(pid_of(&out)?, None)?;
+        Ok(())
+    })();
+    if alive(pid) {
+        let _ = kill(pid, Some(&mut child));
+    }
+    let _ = fs::remove_dir_all(&rd);
+    result.map(|()| r)
+}
+
+struct Bins {
+    dump: PathBuf,
+    restore: PathBuf,
+    ckptfs: PathBuf,
+    criu: PathBuf,
+    counter: PathBuf,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    // SAFETY: geteuid cannot fail.
+    ensure!(
+        unsafe { libc::geteuid() } == 0,
+        "ckpt-bench criu runs CRIU and drops the page cache: run it as root"
+    );
+    let bin_dir = match &args.bin_dir {
+        Some(d) => d.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .context("locating ckpt-bench")?
+            .to_owned(),
+    };
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| crate::default_dir().join("criu"));
+    fs::create_dir_all(&dir)?;
+    let criu = match &args.criu {
+        Some(c) => c.clone(),
+        None => libckpt::criu::Criu::discover(None)?.path,
+    };
+    let bins = Bins {
+        dump: bin_dir.join("ckptfs-dump"),
+        restore: bin_dir.join("ckptfs-restore"),
+        ckptfs: bin_dir.join("ckptfs"),
+        counter: compile_counter(&dir)?,
+        criu,
+    };
+    for b in [&bins.dump, &bins.restore, &bins.ckptfs] {
+        ensure!(
+            b.exists(),
+            "{} is missing: cargo build --release -p ckptfs",
+            b.display()
+        );
+    }
+    println!(
+        "criu bench: {} resident, {} rounds, in {} ({})",
+        ByteSize::b(args.mem),
+        args.rounds,
+        dir.display(),
+        bins.criu.display()
+    );
+    let mut rounds = Vec::new();
+    for n in 0..args.rounds {
+        let r = round(args, &bins, &dir, n)?;
+        println!(
+            "round {n}: dump ckptfs {:.2} s, criu {:.2} s (+sync {:.2} s); full {} (criu {}), \
+             incremental {}; restore ckptfs {:.2} s, criu {:.2} s, incremental {:.2} s",
+            r.ckptfs_dump,
+            r.criu_dump,
+            r.criu_dump_sync,
+            ByteSize::b(r.full_bytes),
+            ByteSize::b(r.plain_bytes),
+            ByteSize::b(r.incr_bytes),
+            r.ckptfs_restore,
+            r.criu_restore,
+            r.ckptfs_restore_incr
+        );
+        rounds.push(r);
+    }
+    let col = |f: fn(&Round) -> f64| rounds.iter().map(|r| Some(f(r))).collect::<Vec<_>>();
+    let med = |f: fn(&Round) -> f64| {
+        median(&rounds.iter().map(f).collect::<Vec<_>>()).unwrap_or(f64::NAN)
+    };
+    let show = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.3}"));
+    let dump_vs_criu = median_ratio(&col(|r| r.ckptfs_dump), &col(|r| r.criu_dump));
+    let dump_vs_sync = median_ratio(&col(|r| r.ckptfs_dump), &col(|r| r.criu_dump_sync));
+    let incr_share = median_ratio(&col(|r| r.incr_bytes as f64), &col(|r| r.full_bytes as f64));
+    let restore_vs = median_ratio(&col(|r| r.ckptfs_restore), &col(|r| r.criu_restore));
+    println!("\nmedians over {} rounds:", rounds.len());
+    println!(
+        "  full dump: ckptfs-dump {:.2} s, criu dump {:.2} s, criu dump + sync {:.2} s",
+        med(|r| r.ckptfs_dump),
+        med(|r| r.criu_dump),
+        med(|r| r.criu_dump_sync)
+    );
+    println!(
+        "  ratio ckptfs-dump / criu dump: {} (target <= 1.1); / (criu dump + sync): {}",
+        show(dump_vs_criu),
+        show(dump_vs_sync)
+    );
+    println!(
+        "  incremental after 10% changed: {} of the full dump's bytes (target <= 0.2)",
+        show(incr_share)
+    );
+    println!(
+        "  restore: ckptfs-restore {:.2} s, criu restore {:.2} s, ratio {} (target <= 1.1); \
+         incremental set {:.2} s",
+        med(|r| r.ckptfs_restore),
+        med(|r| r.criu_restore),
+        show(restore_vs),
+        med(|r| r.ckptfs_restore_incr)
+    );
+    Ok(())
+}
