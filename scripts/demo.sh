@@ -9,6 +9,10 @@
 # never offered. The demo job is then wiped from the cache, as on a fresh
 # node, and comes back from the tiers through /ckpt and `ckptfs restore`,
 # verified and compared byte for byte. A flipped byte is caught by verify.
+# Then a C heat solver checkpoints through libckpt into the same store (the
+# daemon drains it), is killed with SIGKILL and restarts to a bit-identical
+# result; and an unmodified process is dumped with ckptfs-dump (CRIU),
+# killed, and brought back with ckptfs-restore, counting on.
 #
 #   CKPTFS_DEMO_MOUNT=/ckpt   where to mount (default /ckpt)
 set -euo pipefail
@@ -18,8 +22,8 @@ source scripts/install-deps.sh
 say() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 run() { printf '$ %s\n' "$*" >&2; "$@"; }
 
-say "building ckptfs (release)"
-cargo build --release --locked -p ckptfs
+say "building ckptfs and libckpt (release)"
+cargo build --release --locked -p ckptfs -p ckpt-capi
 export PATH=$PWD/target/release:$PATH
 
 mnt=${CKPTFS_DEMO_MOUNT:-/ckpt}
@@ -145,12 +149,48 @@ ckptfs verify "$job" step-0003
 echo "exit status: $?" >&2
 set -e
 
+say "a C code checkpoints through libckpt into the same store (mounted mode: the daemon drains it)"
+mkdir -p "$tiers/lib"
+ln -sf "$PWD/target/release/libckpt.so" "$tiers/lib/libckpt.so.0"
+run gcc -O2 -Iinclude -o "$tiers/heatdis" examples/heatdis.c \
+    -L"$tiers/lib" -Wl,-rpath,"$tiers/lib" -l:libckpt.so.0
+heat=(--n=256 --steps=1500 --every=100)
+echo "an uninterrupted run, for reference:" >&2
+run "$tiers/heatdis" --job="heatref-$$" "${heat[@]}" --out="$tiers/ref"
+echo "the same run, killed with SIGKILL after step 900:" >&2
+set +e
+"$tiers/heatdis" --job="heat-$$" "${heat[@]}" --kill-at-step=900 --out="$tiers/run"
+echo "exit status: $? (killed)" >&2
+set -e
+run ckptfs ls "heat-$$"
+echo "restarted: it resumes from the newest complete checkpoint" >&2
+run "$tiers/heatdis" --job="heat-$$" "${heat[@]}" --out="$tiers/run" --verbose
+run cmp "$tiers/ref.0" "$tiers/run.0"
+echo "bit-identical to the uninterrupted run" >&2
+
+say "an unmodified process, dumped through CRIU with ckptfs-dump, killed, restored"
+run gcc -O2 -o "$tiers/counter" ckptfs/tests/criu/counter.c
+"$tiers/counter" "$tiers/count.log" &
+counter=$!
+sleep 1
+run ckptfs-dump "$counter" --job "count-$$" --leave-running
+kill -9 "$counter"
+wait "$counter" 2>/dev/null || true
+echo "killed at count $(tail -n1 "$tiers/count.log")" >&2
+run ckptfs ls "count-$$"
+run ckptfs-restore "count-$$" --detach
+sleep 1
+echo "restored: the log goes on from the count at the dump: $(tail -n4 "$tiers/count.log" | tr '\n' ' ')" >&2
+pkill -9 -f "$tiers/counter" || true
+
 say "status of the mount"
 run ckptfs status "$mnt"
 
 say "unmount, and clean up the demo job"
 run ckptfs umount "$mnt"
-for s in $(ckptfs ls "$job" | awk 'NR > 1 && /^[^ ]/ {print $1}'); do
-    ckptfs rm "$job" "$s" >/dev/null
+for j in "$job" "heat-$$" "heatref-$$" "count-$$"; do
+    for s in $(ckptfs ls "$j" 2>/dev/null | awk 'NR > 1 && /^[^ ]/ {print $1}'); do
+        ckptfs rm "$j" "$s" >/dev/null
+    done
 done
-echo "demo finished: every step above ran against a real mount, the real store in $cache, a PFS directory and a DR receiver" >&2
+echo "demo finished: every step above ran against a real mount, the real store in $cache, a PFS directory, a DR receiver, real gcc and real CRIU" >&2

@@ -4,7 +4,9 @@
 //! 1. `dump`: a process with `--mem` of resident memory (default 2 GiB,
 //!    distinct pages) dumped by `ckptfs-dump --leave-running` into the
 //!    store, against `criu dump --leave-running` into a directory on the
-//!    same disk, alone and followed by `sync` (ckptfs commits durably).
+//!    same disk, alone and followed by `sync` (ckptfs commits durably);
+//!    and how long each froze the process (the longest gap between two
+//!    lines of its log, written every millisecond with a timestamp).
 //! 2. `incremental`: the process rewrites 10 % of its pages, then
 //!    `ckptfs-dump --incremental`: bytes stored against the full dump's.
 //! 3. `restore`: `ckptfs-restore --detach` of the full set (every chunk
@@ -54,6 +56,8 @@ pub struct Args {
 /// One round's figures (seconds, bytes).
 #[derive(Debug, Default)]
 struct Round {
+    ckptfs_freeze: f64,
+    criu_freeze: f64,
     ckptfs_dump: f64,
     criu_dump: f64,
     criu_dump_sync: f64,
@@ -137,6 +141,31 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The longest gap, in seconds, between two stamped lines of the
+/// counter's log after line `from`: how long the dump froze it (it writes
+/// a line every millisecond while it runs). Waits for it to have run on.
+fn freeze(log: &Path, from: usize) -> anyhow::Result<f64> {
+    let stamps = || -> Vec<i64> {
+        log_lines(log)
+            .iter()
+            .skip(from)
+            .filter_map(|l| {
+                // "COUNT NS"; not the "touched N" lines.
+                let (count, ns) = l.split_once(' ')?;
+                count.parse::<u64>().ok()?;
+                ns.parse().ok()
+            })
+            .collect()
+    };
+    let before = stamps().len();
+    wait_for("the counter to go on after the dump", || {
+        stamps().len() > before + 20
+    })?;
+    let s = stamps();
+    let gap = s.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
+    Ok(gap as f64 / 1e9)
+}
+
 fn dir_bytes(dir: &Path) -> u64 {
     fs::read_dir(dir)
         .map(|rd| {
@@ -202,7 +231,7 @@ fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round
     let mib = (args.mem >> 20).to_string();
     let mut child = Command::new(&bins.counter)
         .arg(&log)
-        .args(["--mem", &mib, "--interval-ms", "100"])
+        .args(["--mem", &mib, "--interval-ms", "1", "--stamp"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -238,6 +267,7 @@ fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round
         let plain_first = n % 2 == 1;
         for step in 0..2 {
             quiesce()?;
+            let from = log_lines(&log).len();
             if (step == 0) == plain_first {
                 let t = Instant::now();
                 timed(
@@ -250,11 +280,13 @@ fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round
                     "criu dump",
                 )?;
                 r.criu_dump = t.elapsed().as_secs_f64();
+                r.criu_freeze = freeze(&log, from)?;
                 settle();
                 r.criu_dump_sync = t.elapsed().as_secs_f64();
             } else {
                 let (secs, out) = timed(&mut dump_args(&[]), "ckptfs-dump")?;
                 r.ckptfs_dump = secs;
+                r.ckptfs_freeze = freeze(&log, from)?;
                 full_set = set_of(&out)?;
             }
         }
@@ -389,11 +421,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     for n in 0..args.rounds {
         let r = round(args, &bins, &dir, n)?;
         println!(
-            "round {n}: dump ckptfs {:.2} s, criu {:.2} s (+sync {:.2} s); full {} (criu {}), \
+            "round {n}: dump ckptfs {:.2} s, criu {:.2} s (+sync {:.2} s); process frozen \
+             ckptfs {:.3} s, criu {:.3} s; full {} (criu {}), \
              incremental {}; restore ckptfs {:.2} s, criu {:.2} s, incremental {:.2} s",
             r.ckptfs_dump,
             r.criu_dump,
             r.criu_dump_sync,
+            r.ckptfs_freeze,
+            r.criu_freeze,
             ByteSize::b(r.full_bytes),
             ByteSize::b(r.plain_bytes),
             ByteSize::b(r.incr_bytes),
@@ -410,6 +445,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let show = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.3}"));
     let dump_vs_criu = median_ratio(&col(|r| r.ckptfs_dump), &col(|r| r.criu_dump));
     let dump_vs_sync = median_ratio(&col(|r| r.ckptfs_dump), &col(|r| r.criu_dump_sync));
+    let freeze_vs = median_ratio(&col(|r| r.ckptfs_freeze), &col(|r| r.criu_freeze));
     let incr_share = median_ratio(&col(|r| r.incr_bytes as f64), &col(|r| r.full_bytes as f64));
     let restore_vs = median_ratio(&col(|r| r.ckptfs_restore), &col(|r| r.criu_restore));
     println!("\nmedians over {} rounds:", rounds.len());
@@ -423,6 +459,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "  ratio ckptfs-dump / criu dump: {} (target <= 1.1); / (criu dump + sync): {}",
         show(dump_vs_criu),
         show(dump_vs_sync)
+    );
+    println!(
+        "  process frozen (--leave-running): ckptfs-dump {:.3} s, criu dump {:.3} s, ratio {}",
+        med(|r| r.ckptfs_freeze),
+        med(|r| r.criu_freeze),
+        show(freeze_vs)
     );
     println!(
         "  incremental after 10% changed: {} of the full dump's bytes (target <= 0.2)",

@@ -78,6 +78,39 @@ pub fn sync_dir(dir: &Path) -> Result<(), PathError> {
         .at("syncing directory", dir)
 }
 
+/// Rename `from` to `to` unless `to` exists (then `AlreadyExists`, and
+/// nothing changes): renameat2(RENAME_NOREPLACE). Not synced.
+pub fn rename_noreplace(from: &Path, to: &Path) -> Result<(), PathError> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| {
+        std::ffi::CString::new(p.as_os_str().as_bytes())
+            .map_err(|_| PathError::new("renaming", p, io::ErrorKind::InvalidInput.into()))
+    };
+    let (f, t) = (c(from)?, c(to)?);
+    // SAFETY: both are valid NUL-terminated paths that outlive the call;
+    // renameat2 reads them and touches no other memory of ours.
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            f.as_ptr(),
+            libc::AT_FDCWD,
+            t.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    if rc == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    // A non-empty directory in the way may be reported as ENOTEMPTY.
+    let e = if e.raw_os_error() == Some(libc::ENOTEMPTY) {
+        io::ErrorKind::AlreadyExists.into()
+    } else {
+        e
+    };
+    Err(PathError::new("renaming into place", to, e))
+}
+
 /// fsync the directory holding `path`.
 pub fn sync_parent(path: &Path) -> Result<(), PathError> {
     match path.parent() {

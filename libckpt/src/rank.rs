@@ -446,10 +446,10 @@ impl Part {
             let lock = store.take_writer_named(&meta, &writer_name(ranks.rank), created)?;
             return Ok(Part::new(store, job, set, ranks, dir, meta, lock));
         }
-        durable::create_dir_all_durable(&meta, store::PUBLIC_DIR_MODE)?;
-        // The writer record first: from then on the set is being written,
-        // and nothing (retention in another process) takes it for abandoned.
-        let lock = store.take_writer_named(&meta, &writer_name(ranks.rank), created)?;
+        // The metadata comes into being with this rank's writer record in
+        // it: nothing (retention in another thread or process) ever takes
+        // the set for abandoned.
+        let lock = store.create_meta(job, set, &writer_name(ranks.rank), created)?;
         let rec = RanksRecord {
             size: ranks.size,
             created,

@@ -267,30 +267,8 @@ impl Store {
                 set: set.clone(),
             });
         }
-        let meta = self.meta_dir(job, set);
-        let mut attempt = 0;
-        let made = loop {
-            // A concurrent delete of the job's last set may remove the
-            // job's directory between these two steps: make it again.
-            durable::create_dir_all_durable(&self.inner.sets_meta.join(job), PUBLIC_DIR_MODE)?;
-            match fs::DirBuilder::new().mode(PUBLIC_DIR_MODE).create(&meta) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 3 => attempt += 1,
-                other => break other,
-            }
-        };
-        match made {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(StoreError::SetExists {
-                    job: job.clone(),
-                    set: set.clone(),
-                })
-            }
-            Err(e) => return Err(PathError::new("creating directory", &meta, e).into()),
-        }
-        durable::sync_parent(&meta)?;
         let created = SystemTime::now();
-        let lock = self.take_writer(&meta, created)?;
+        let lock = self.create_meta(job, set, WRITER_FILE, created)?;
         let mut attempt = 0;
         loop {
             durable::create_dir_all_durable(&self.inner.root.join(job), PUBLIC_DIR_MODE)?;
@@ -314,6 +292,61 @@ impl Store {
     /// Write a locked writer record into `meta`. The lock is taken on the
     /// temp file before the rename, so nobody ever sees the record unlocked
     /// while its writer lives.
+    /// Create the metadata directory of a new set with the locked writer
+    /// record `writer` already inside. It is built under a hidden name and
+    /// renamed into place, refusing to replace anything: nobody ever sees
+    /// the set's metadata without its live writer (retention in another
+    /// thread or process would take that for a writer that died).
+    pub(crate) fn create_meta(
+        &self,
+        job: &JobName,
+        set: &SetName,
+        writer: &str,
+        created: SystemTime,
+    ) -> Result<File> {
+        static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let meta = self.meta_dir(job, set);
+        let parent = self.inner.sets_meta.join(job);
+        // A leading '.' is never a set name: listings skip it.
+        let tmp = parent.join(format!(
+            ".{set}.new.{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let mut attempt = 0;
+        loop {
+            // A concurrent delete of the job's last set may remove the
+            // job's directory between these two steps: make it again.
+            durable::create_dir_all_durable(&parent, PUBLIC_DIR_MODE)?;
+            match fs::DirBuilder::new().mode(PUBLIC_DIR_MODE).create(&tmp) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 3 => attempt += 1,
+                other => break other.at("creating directory", &tmp)?,
+            }
+        }
+        let made = self
+            .take_writer_named(&tmp, writer, created)
+            .and_then(|lock| match durable::rename_noreplace(&tmp, &meta) {
+                Ok(()) => Ok(lock),
+                Err(e) if e.source.kind() == io::ErrorKind::AlreadyExists => {
+                    Err(StoreError::SetExists {
+                        job: job.clone(),
+                        set: set.clone(),
+                    })
+                }
+                Err(e) => Err(e.into()),
+            });
+        match made {
+            Ok(lock) => {
+                durable::sync_parent(&meta)?;
+                Ok(lock)
+            }
+            Err(e) => {
+                let _ = fs::remove_dir_all(&tmp);
+                Err(e)
+            }
+        }
+    }
+
     fn take_writer(&self, meta: &Path, created: SystemTime) -> Result<File> {
         self.take_writer_named(meta, WRITER_FILE, created)
     }
@@ -466,19 +499,9 @@ impl Store {
                 SetState::Abandoned
             };
         } else if data_md.is_none() {
-            // Metadata directory without a writer record: a writer is
-            // between the two steps of creating the set (retention in
-            // another thread must not take it for dead), or died there.
-            let young = fs::metadata(&meta)
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| t.elapsed().ok())
-                .is_some_and(|age| age < CREATE_GRACE);
-            info.state = if young {
-                SetState::Writing
-            } else {
-                SetState::Abandoned
-            };
+            // Metadata directory without a writer record: an interrupted
+            // delete (create_set never shows one: see create_meta).
+            info.state = SetState::Abandoned;
         }
         if data_md.is_some() {
             let (files, bytes) = tally(&data);
@@ -1041,10 +1064,6 @@ impl SetWriter {
             .finish_commit(&self.job, &self.set, self.created, &self.seals)
     }
 }
-
-/// How long a set's metadata directory without any writer record counts
-/// as being created rather than left by a writer that died creating it.
-const CREATE_GRACE: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The writer records of a set: `writer`, then `writer.<rank>` in name order.
 fn writer_records(meta: &Path) -> Vec<PathBuf> {

@@ -2,12 +2,14 @@
  * The test program of ckptfs/tests/criu.rs and `bench criu`: counts in
  * memory and appends each count to a log, forever.
  *
- *   counter LOG [--tcp] [--mem MIB] [--interval-ms N]
+ *   counter LOG [--tcp] [--mem MIB] [--interval-ms N] [--stamp]
  *
  * --tcp      also holds an established TCP connection to itself over
  *            loopback (CRIU refuses to dump that without --tcp-established)
  * --mem MIB  fills MIB of memory with distinct pages; on SIGUSR1 it
  *            rewrites every tenth page (10% of it) and appends "touched N"
+ * --stamp    appends CLOCK_MONOTONIC in ns to each count ("N NS"): the
+ *            largest gap between two lines is how long a dump froze it
  *
  * It detaches from the caller's session and terminal (setsid, stdio on
  * /dev/null) so CRIU can dump it without --shell-job. It prints nothing.
@@ -60,15 +62,17 @@ static int tcp_pair(int fds[3])
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        fprintf(stderr, "usage: counter LOG [--tcp] [--mem MIB] [--interval-ms N]\n");
+        fprintf(stderr, "usage: counter LOG [--tcp] [--mem MIB] [--interval-ms N] [--stamp]\n");
         return 2;
     }
-    int tcp = 0;
+    int tcp = 0, stamp = 0;
     size_t mib = 0;
     long interval_ms = 20;
     for (int i = 2; i < argc; i++) {
         if (!strcmp(argv[i], "--tcp"))
             tcp = 1;
+        else if (!strcmp(argv[i], "--stamp"))
+            stamp = 1;
         else if (!strcmp(argv[i], "--mem") && i + 1 < argc)
             mib = strtoul(argv[++i], NULL, 10);
         else if (!strcmp(argv[i], "--interval-ms") && i + 1 < argc)
@@ -111,7 +115,15 @@ int main(int argc, char **argv)
     char line[64];
     uint64_t gen = 0;
     for (unsigned long count = 1;; count++) {
-        int n = snprintf(line, sizeof line, "%lu\n", count);
+        int n;
+        if (stamp) {
+            struct timespec now;
+            clock_gettime(CLOCK_MONOTONIC, &now);
+            n = snprintf(line, sizeof line, "%lu %lld\n", count,
+                         (long long)now.tv_sec * 1000000000LL + now.tv_nsec);
+        } else {
+            n = snprintf(line, sizeof line, "%lu\n", count);
+        }
         if (write(log, line, (size_t)n) != n)
             return 1;
         if (touch_requested && mem) {
