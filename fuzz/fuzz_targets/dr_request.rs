@@ -117,6 +117,9 @@ fuzz_target!(|data: &[u8]| {
         write_message(&mut out, "fuzz-client", reply.kind, &reply.payload)
             .unwrap_or_else(|e| panic!("the reply to {} cannot be framed: {e}", msg.kind));
     }
+    // Chunks are synced and renamed into place by the store's threads;
+    // closing it waits for them.
+    drop(repo);
     assert_eq!(
         names(&work),
         ["root"],
