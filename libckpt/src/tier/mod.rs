@@ -287,6 +287,9 @@ pub trait Tier: Send + Sync {
 /// `dest`, checking each file's chunks against the manifest as the bytes
 /// pass (the I/O engine computes the crc32c while writing). `tier` names
 /// the source in errors.
+///
+/// Several files are copied at once: one file at a time leaves the
+/// source's disk (or the parallel filesystem) with a single read stream.
 pub fn copy_verified(
     tier: &str,
     from: &Path,
@@ -295,61 +298,124 @@ pub fn copy_verified(
     engine: &IoEngine,
     progress: &dyn Fn(u64),
 ) -> Result<(), TierError> {
-    for file in &m.files {
-        let src = file.path.under(from);
-        let to = file.path.under(dest);
-        if let Some(parent) = to.parent() {
-            crate::durable::create_dir_all_durable(parent, 0o700)
-                .map_err(|e| TierError::local(parent, e))?;
+    let threads = COPY_THREADS.min(m.files.len());
+    if threads <= 1 {
+        for file in &m.files {
+            copy_file_verified(tier, from, m, file, dest, engine, progress)?;
         }
-        let unavailable = |e: std::io::Error| TierError::Unavailable {
-            tier: tier.to_owned(),
-            message: format!("reading {}: {e}", src.display()),
-        };
-        let mut input = std::fs::File::open(&src).map_err(unavailable)?;
-        let mut counted = Counted {
-            inner: &mut input,
-            progress,
-        };
-        let got = engine
-            .write_file(&to, file.mode, &mut counted, file.chunk_size)
-            .map_err(|e| match e {
-                crate::io::IoError::Source { source, .. } => unavailable(source),
-                other => TierError::local(&to, other),
-            })?;
-        let corrupt = |chunk: u64, detail: String| {
-            TierError::Corrupt(Box::new(Corruption {
-                tier: tier.to_owned(),
-                job: m.job.clone(),
-                set: m.set.clone(),
-                file: file.path.to_string(),
-                chunk,
-                offset: chunk * file.chunk_size,
-                detail,
-            }))
-        };
-        if got.size != file.size {
-            return Err(corrupt(
-                got.size.min(file.size) / file.chunk_size,
-                format!(
-                    "{} has {} bytes, manifest says {}",
-                    src.display(),
-                    got.size,
-                    file.size
-                ),
-            ));
-        }
-        if let Some(chunk) = file.digest().first_mismatch(&got) {
-            return Err(corrupt(
-                chunk as u64,
-                format!("{} does not match the manifest", src.display()),
-            ));
-        }
-        let _ = std::fs::File::options()
-            .write(true)
-            .open(&to)
-            .and_then(|f| f.set_modified(file.mtime));
+        return Ok(());
     }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    // `progress` need not be Sync: the workers send counts to this thread.
+    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let tx = tx.clone();
+                let (next, stop) = (&next, &stop);
+                scope.spawn(move || -> Result<(), TierError> {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    while !stop.load(Relaxed) {
+                        let Some(file) = m.files.get(next.fetch_add(1, Relaxed)) else {
+                            return Ok(());
+                        };
+                        let sent = |n: u64| {
+                            let _ = tx.send(n);
+                        };
+                        if let Err(e) = copy_file_verified(tier, from, m, file, dest, engine, &sent)
+                        {
+                            stop.store(true, Relaxed);
+                            return Err(e);
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        drop(tx);
+        for n in rx {
+            progress(n);
+        }
+        let mut first = Ok(());
+        for w in workers {
+            let r = w
+                .join()
+                .unwrap_or_else(|_| Err(TierError::local(dest, "a copy thread panicked")));
+            if first.is_ok() {
+                first = r;
+            }
+        }
+        first
+    })
+}
+
+/// Files [`copy_verified`] copies at once.
+const COPY_THREADS: usize = 4;
+
+/// One file of [`copy_verified`].
+fn copy_file_verified(
+    tier: &str,
+    from: &Path,
+    m: &Manifest,
+    file: &FileEntry,
+    dest: &Path,
+    engine: &IoEngine,
+    progress: &dyn Fn(u64),
+) -> Result<(), TierError> {
+    let src = file.path.under(from);
+    let to = file.path.under(dest);
+    if let Some(parent) = to.parent() {
+        crate::durable::create_dir_all_durable(parent, 0o700)
+            .map_err(|e| TierError::local(parent, e))?;
+    }
+    let unavailable = |e: std::io::Error| TierError::Unavailable {
+        tier: tier.to_owned(),
+        message: format!("reading {}: {e}", src.display()),
+    };
+    let mut input = std::fs::File::open(&src).map_err(unavailable)?;
+    let mut counted = Counted {
+        inner: &mut input,
+        progress,
+    };
+    let got = engine
+        .write_file(&to, file.mode, &mut counted, file.chunk_size)
+        .map_err(|e| match e {
+            crate::io::IoError::Source { source, .. } => unavailable(source),
+            other => TierError::local(&to, other),
+        })?;
+    let corrupt = |chunk: u64, detail: String| {
+        TierError::Corrupt(Box::new(Corruption {
+            tier: tier.to_owned(),
+            job: m.job.clone(),
+            set: m.set.clone(),
+            file: file.path.to_string(),
+            chunk,
+            offset: chunk * file.chunk_size,
+            detail,
+        }))
+    };
+    if got.size != file.size {
+        return Err(corrupt(
+            got.size.min(file.size) / file.chunk_size,
+            format!(
+                "{} has {} bytes, manifest says {}",
+                src.display(),
+                got.size,
+                file.size
+            ),
+        ));
+    }
+    if let Some(chunk) = file.digest().first_mismatch(&got) {
+        return Err(corrupt(
+            chunk as u64,
+            format!("{} does not match the manifest", src.display()),
+        ));
+    }
+    let _ = std::fs::File::options()
+        .write(true)
+        .open(&to)
+        .and_then(|f| f.set_modified(file.mtime));
     Ok(())
 }
 
