@@ -212,7 +212,9 @@ pub fn dump(store: &Store, criu: &Criu, opts: &DumpOptions) -> Result<DumpReport
     let chunk_size = store.options().chunk_size;
     // A full dump's page images stay as they are: checksum them and start
     // their writeback while CRIU writes them.
-    let streamer = parent.is_none().then(|| Streamer::start(&dir, chunk_size));
+    let streamer = parent
+        .is_none()
+        .then(|| Streamer::start(&dir, chunk_size, !opts.leave_running));
     let criu_started = Instant::now();
     let out = cmd.output();
     let criu_seconds = criu_started.elapsed().as_secs_f64();
