@@ -174,13 +174,16 @@ run gcc -O2 -o "$tiers/counter" ckptfs/tests/criu/counter.c
 counter=$!
 sleep 1
 run ckptfs-dump "$counter" --job "count-$$" --leave-running
+dumped=$(tail -n1 "$tiers/count.log")
+sleep 0.5
 kill -9 "$counter"
 wait "$counter" 2>/dev/null || true
-echo "killed at count $(tail -n1 "$tiers/count.log")" >&2
+killed_lines=$(wc -l < "$tiers/count.log")
+echo "the dump was taken at about count $dumped; the process went on to $(tail -n1 "$tiers/count.log") and was killed" >&2
 run ckptfs ls "count-$$"
 run ckptfs-restore "count-$$" --detach
-sleep 1
-echo "restored: the log goes on from the count at the dump: $(tail -n4 "$tiers/count.log" | tr '\n' ' ')" >&2
+sleep 0.5
+echo "the restored process's first counts: $(sed -n "$((killed_lines + 1)),$((killed_lines + 3))p" "$tiers/count.log" | tr '\n' ' ')(it goes on from the dump)" >&2
 pkill -9 -f "$tiers/counter" || true
 
 say "status of the mount"
