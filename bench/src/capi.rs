@@ -22,8 +22,8 @@
 //! against the libckpt.so found with --lib. Nothing here asserts a time.
 
 use std::fmt::Write as _;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::thread;
@@ -266,17 +266,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
 
     let report = markdown(args, &machine, &dir, &blocked, &heat, &drained_bytes);
-    print!("{report}");
-    io::stdout().flush()?;
-    if let Some(path) = &args.markdown {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        f.write_all(report.as_bytes())
-            .with_context(|| format!("appending to {}", path.display()))?;
-    }
+    crate::report::publish(&report, args.markdown.as_deref())?;
     Ok(())
 }
 

@@ -1845,17 +1845,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     settle();
     let report = result?;
-    print!("{report}");
-    io::stdout().flush()?;
-    if let Some(path) = &args.markdown {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        f.write_all(report.as_bytes())
-            .with_context(|| format!("appending to {}", path.display()))?;
-    }
+    crate::report::publish(&report, args.markdown.as_deref())?;
     Ok(())
 }
 

@@ -7,8 +7,8 @@
 //! rounds reported. Nothing here asserts a time: the figures are for people.
 
 use std::fmt::Write as _;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -289,17 +289,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     settle();
 
     let report = markdown(args, &machine, &dir, &variants, &rates);
-    print!("{report}");
-    io::stdout().flush()?;
-    if let Some(path) = &args.markdown {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        f.write_all(report.as_bytes())
-            .with_context(|| format!("appending to {}", path.display()))?;
-    }
+    crate::report::publish(&report, args.markdown.as_deref())?;
     Ok(())
 }
 

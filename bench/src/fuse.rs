@@ -9,8 +9,8 @@
 //! time: the figures are for people.
 
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs::{self, File};
+use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -953,17 +953,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let _ = fs::remove_dir(&direct_root);
 
     let report = markdown(args, &machine, &dir, &bin, &benches, &samples, &daemons);
-    print!("{report}");
-    io::stdout().flush()?;
-    if let Some(path) = &args.markdown {
-        let mut f = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("opening {}", path.display()))?;
-        f.write_all(report.as_bytes())
-            .with_context(|| format!("appending to {}", path.display()))?;
-    }
+    crate::report::publish(&report, args.markdown.as_deref())?;
     Ok(())
 }
 

@@ -10,6 +10,7 @@ mod drain;
 mod e2e;
 mod fuse;
 mod machine;
+mod report;
 mod stats;
 
 use std::path::PathBuf;
