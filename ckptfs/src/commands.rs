@@ -440,11 +440,17 @@ fn prune(ctx: &Ctx, job: Option<&str>, json: bool) -> Result<Exit> {
 fn status(ctx: &Ctx, json: bool) -> Result<Exit> {
     // A daemon serving this cache knows more (data path, open files).
     let criu = libckpt::criu::discover::status(ctx.config.criu.path.as_deref(), &ctx.config.cache);
-    if let Some(code) = crate::mount_cmd::status_of_cache(&ctx.config.cache, json)? {
-        if !json {
+    if let Some(mut v) = crate::mount_cmd::status_of_cache(&ctx.config.cache)? {
+        if json {
+            if let Some(o) = v.as_object_mut() {
+                o.insert("criu".into(), serde_json::to_value(&criu)?);
+            }
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            crate::mount_cmd::print_status(&v);
             println!("{}", libckpt::criu::discover::status_line(&criu));
         }
-        return Ok(code);
+        return Ok(Exit::Ok);
     }
     let store = ctx.store()?;
     let engine = store.engine();

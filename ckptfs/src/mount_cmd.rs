@@ -101,10 +101,10 @@ pub fn status(mp: &Path, json: bool) -> Result<Exit> {
 }
 
 /// Status from the daemon serving `cache`, if one answers.
-pub fn status_of_cache(cache: &Path, json: bool) -> Result<Option<Exit>> {
+pub fn status_of_cache(cache: &Path) -> Result<Option<Value>> {
     let socket = control::socket_path(cache);
     match Client::connect(&socket) {
-        Ok(mut client) => show_status(&mut client, json).map(Some),
+        Ok(mut client) => Ok(Some(client.call(&Request::Status)?)),
         Err(e) if e.daemon_absent() => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -120,7 +120,7 @@ fn show_status(client: &mut Client, json: bool) -> Result<Exit> {
     Ok(Exit::Ok)
 }
 
-fn print_status(v: &Value) {
+pub fn print_status(v: &Value) {
     let s = |k: &str| v[k].as_str().unwrap_or("?").to_owned();
     println!(
         "ckptfs {} (pid {}, up {} s)",

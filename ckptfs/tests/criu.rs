@@ -648,6 +648,22 @@ fn status_shows_criu() {
     let out = f.run(CKPTFS, &["--cache", &cache, "status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert!(v["criu"]["version"].as_str().is_some(), "{v}");
+
+    // With a daemon serving the cache, its status carries CRIU's too.
+    let mnt = f.dir.path().join("mnt");
+    std::fs::create_dir_all(&mnt).expect("mount point");
+    let mnt = mnt.to_string_lossy().into_owned();
+    let out = f.run(CKPTFS, &["--cache", &cache, "mount", &mnt]);
+    assert!(out.status.success(), "mount: {}", text(&out));
+    let out = f.run(CKPTFS, &["--cache", &cache, "status", "--json"]);
+    let umount = f.run(CKPTFS, &["--cache", &cache, "umount", "--force", &mnt]);
+    assert!(umount.status.success(), "umount: {}", text(&umount));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert!(
+        v["mountpoint"].as_str().is_some(),
+        "not the daemon's status: {v}"
+    );
+    assert!(v["criu"]["version"].as_str().is_some(), "{v}");
 }
 
 #[test]
