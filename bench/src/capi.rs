@@ -26,13 +26,13 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::thread;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context};
 use bytesize::ByteSize;
 use clap::ValueEnum;
 
+use crate::host::quiesce;
 use crate::machine::{self, Machine};
 use crate::stats::{median, median_ratio};
 
@@ -40,7 +40,7 @@ use crate::stats::{median, median_ratio};
 const BLOCK_C: &str = include_str!("../c/ckpt_block.c");
 const HEATDIS_C: &str = include_str!("../../examples/heatdis.c");
 const CKPT_H: &str = include_str!("../../include/ckpt.h");
-/// Pause after dropping the page cache; see `drain::quiesce`.
+/// Pause after dropping the page cache; see [`quiesce`].
 const QUIET: Duration = Duration::from_secs(5);
 const MIB: u64 = 1 << 20;
 
@@ -218,7 +218,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 let i = (k + round) % BlockVariant::ALL.len();
                 let v = BlockVariant::ALL[i];
                 reset(&work)?;
-                quiesce()?;
+                quiesce(QUIET)?;
                 let secs = block_run(&block_exe, &work, v, args.size)?;
                 eprintln!(
                     "round {}/{runs}: block {:<38} {secs:.3} s",
@@ -234,7 +234,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 let v = DrainVariant::ALL[i];
                 reset(&work)?;
                 reset(&pfs)?;
-                quiesce()?;
+                quiesce(QUIET)?;
                 let st = heat_run(&heat_exe, &work, &pfs, v, args)?;
                 if v == DrainVariant::Draining {
                     let b = tree_bytes(&pfs);
@@ -439,16 +439,6 @@ fn remove(p: &Path) -> anyhow::Result<()> {
 fn reset(p: &Path) -> anyhow::Result<()> {
     remove(p)?;
     fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
-}
-
-/// `sync`, drop the page cache, pause: every variant starts from the same
-/// state of the page cache and the disk.
-fn quiesce() -> anyhow::Result<()> {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-    fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (needs root)")?;
-    thread::sleep(QUIET);
-    Ok(())
 }
 
 fn tree_bytes(p: &Path) -> u64 {

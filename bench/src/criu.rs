@@ -28,6 +28,7 @@ use anyhow::{bail, ensure, Context};
 use bytesize::ByteSize;
 use serde_json::Value;
 
+use crate::host::{quiesce, settle};
 use crate::stats::{median, median_ratio};
 
 const JOB: &str = "cbench";
@@ -67,18 +68,6 @@ struct Round {
     ckptfs_restore: f64,
     criu_restore: f64,
     ckptfs_restore_incr: f64,
-}
-
-fn settle() {
-    // SAFETY: sync(2) has no arguments and cannot fail.
-    unsafe { libc::sync() };
-}
-
-fn quiesce() -> anyhow::Result<()> {
-    settle();
-    fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (needs root)")?;
-    thread::sleep(Duration::from_secs(1));
-    Ok(())
 }
 
 fn timed(cmd: &mut Command, what: &str) -> anyhow::Result<(f64, String)> {
@@ -266,7 +255,7 @@ fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round
         let mut full_set = String::new();
         let plain_first = n % 2 == 1;
         for step in 0..2 {
-            quiesce()?;
+            quiesce(Duration::from_secs(1))?;
             let from = log_lines(&log).len();
             if (step == 0) == plain_first {
                 let t = Instant::now();
@@ -307,7 +296,7 @@ fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round
                 .count()
                 > touched
         })?;
-        quiesce()?;
+        quiesce(Duration::from_secs(1))?;
         let (_, out) = timed(
             &mut dump_args(&["--incremental"]),
             "ckptfs-dump --incremental",
@@ -318,7 +307,7 @@ fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round
         // 3. Restores, from the full images; then the incremental set.
         kill(pid, Some(&mut child))?;
         for step in 0..2 {
-            quiesce()?;
+            quiesce(Duration::from_secs(1))?;
             if (step == 0) == plain_first {
                 let pidfile = work.join("restored.pid");
                 let _ = fs::remove_file(&pidfile);
@@ -347,7 +336,7 @@ fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round
                 kill(pid_of(&out)?, None)?;
             }
         }
-        quiesce()?;
+        quiesce(Duration::from_secs(1))?;
         let (secs, out) = timed(
             Command::new(&bins.restore)
                 .args([JOB, &incr_set, "--detach", "--json", "--cache", &cache_s])

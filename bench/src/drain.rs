@@ -41,6 +41,7 @@ use bytesize::ByteSize;
 use clap::ValueEnum;
 use serde_json::Value;
 
+use crate::host::{log_tail, quiesce, run_ok, settle};
 use crate::machine::{self, Machine};
 use crate::stats::{mb_per_s, median, median_ratio};
 
@@ -1085,28 +1086,6 @@ fn mounted_fstype(mp: &Path) -> Option<String> {
     found
 }
 
-fn log_tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// Run `cmd` to completion; its stdout, or an error with its stderr.
-fn run_ok(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out.stdout)
-}
-
 /// A command timed around its process; seconds.
 fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
     let start = Instant::now();
@@ -1114,33 +1093,11 @@ fn timed(cmd: &mut Command) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Push writes and deletes to disk, so that they are not billed to the
-/// next variant.
-fn settle() {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
-}
-
 /// `sync` timed: what a copy left dirty in the page cache, written.
 fn timed_sync() -> f64 {
     let start = Instant::now();
     settle();
     start.elapsed().as_secs_f64()
-}
-
-/// `sync; echo 3 > /proc/sys/vm/drop_caches`, then a pause: the next read
-/// comes from the device, and the device has finished with the previous
-/// variant's deletes, for every variant alike.
-///
-/// The pause matters on thin-provisioned virtual disks mounted with
-/// `discard` (like the development VM's): there a write right after a large
-/// delete runs at anywhere from 0.3× to 1.3× the speed it has once the
-/// discards are through, depending on how far the host got with them.
-fn quiesce() -> anyhow::Result<()> {
-    settle();
-    fs::write("/proc/sys/vm/drop_caches", "3").context("dropping the page cache (needs root)")?;
-    thread::sleep(QUIET);
-    Ok(())
 }
 
 fn remove_dir(p: &Path) -> anyhow::Result<()> {
@@ -1263,7 +1220,7 @@ impl Ctx<'_> {
         self.ck.put(&cache, &self.data.a, SET_A)?;
         let (mut serve, port) = self.ck.serve(&root, &self.log("serve-push", round))?;
         let tier = self.ck.dr_flags(port);
-        quiesce()?;
+        quiesce(QUIET)?;
         let d = drain_wait(self.ck, &cache, &tier, &self.log("drain-a", round))?;
         let chunks_a = chunk_files(&root)?;
         let stored_a = chunks_a.values().sum::<u64>() + record_size(&root, SET_A)?;
@@ -1288,7 +1245,7 @@ impl Ctx<'_> {
         );
         if self.has(Bench::Delta) {
             self.ck.put(&cache, &self.data.b, SET_B)?;
-            quiesce()?;
+            quiesce(QUIET)?;
             let d = drain_wait(self.ck, &cache, &tier, &self.log("drain-b", round))?;
             let after = chunk_files(&root)?;
             let new: u64 = after
@@ -1337,7 +1294,7 @@ impl Ctx<'_> {
         let dest = format!("r{round}-{name}");
         let out = rsyncd.module.join(&dest);
         remove_dir(&out)?;
-        quiesce()?;
+        quiesce(QUIET)?;
         let (secs, wire) = rsyncd.push(flags, &self.data.a, &dest)?;
         let sync = timed_sync();
         let key = |k: &str| -> &'static str {
@@ -1363,7 +1320,7 @@ impl Ctx<'_> {
         );
         if compress && self.has(Bench::Delta) {
             // rsync's own delta transfer of set B onto its copy of set A.
-            quiesce()?;
+            quiesce(QUIET)?;
             let (secs, wire) = rsyncd.push(flags, &self.data.b, &dest)?;
             self.fig.put("delta.rsync_z.secs", round, secs);
             self.fig.put("delta.rsync_z.wire", round, wire as f64);
@@ -1387,7 +1344,7 @@ impl Ctx<'_> {
         let s = Scratch::new(self.work.join(format!("writer-{name}")))?;
         let t = self.tier_dir(&format!("writer-{name}"))?;
         let (cache, mp) = (s.join("cache"), s.join("mnt"));
-        quiesce()?;
+        quiesce(QUIET)?;
         // Not timed: the previously committed set that drains meanwhile
         // (in the idle variant too, so the caches are alike).
         self.ck.put(&cache, &self.data.a, SET_A)?;
@@ -1504,7 +1461,7 @@ impl Ctx<'_> {
         let (cache, mp) = (s.join("cache"), s.join("mnt"));
         remove_dir(pfs)?;
         fs::create_dir_all(pfs)?;
-        quiesce()?;
+        quiesce(QUIET)?;
         let t = self.tier_dir("rpo-dr")?;
         let (mut serve, port) = self
             .ck
@@ -1563,7 +1520,7 @@ impl Ctx<'_> {
     fn rpo_cp(&mut self, round: usize) -> anyhow::Result<()> {
         let s = self.tier_dir("rpo-cp")?;
         let to = s.join(SET_A);
-        quiesce()?;
+        quiesce(QUIET)?;
         let copy = timed(Command::new("cp").arg("-r").arg(&self.data.a).arg(&to))?;
         let sync = timed_sync();
         ensure!(
@@ -1585,7 +1542,7 @@ impl Ctx<'_> {
     fn rto(&mut self, round: usize, pfs: &Path, restore: bool) -> anyhow::Result<()> {
         let s = Scratch::new(self.work.join("rto"))?;
         let to = s.join("restored");
-        quiesce()?;
+        quiesce(QUIET)?;
         if restore {
             let secs = timed(
                 self.ck

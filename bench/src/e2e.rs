@@ -21,6 +21,7 @@ use libckpt::io::{EngineKind, IoEngine, IoOptions, IoPath};
 use libckpt::path::{JobName, RelPath, SetName};
 use libckpt::store::{Store, StoreOptions};
 
+use crate::host::settle;
 use crate::machine::{self, Machine};
 use crate::stats::{mb_per_s, median, median_ratio};
 
@@ -199,13 +200,6 @@ fn run_dd(out: &Path, size: u64, fsync: bool) -> anyhow::Result<f64> {
     }
     fs::remove_file(out).with_context(|| format!("removing {}", out.display()))?;
     Ok(secs)
-}
-
-/// Push the previous variant's deletes to disk, so that freeing its extents
-/// is not billed to the next one.
-fn settle() {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {

@@ -23,6 +23,7 @@ use bytesize::ByteSize;
 use clap::ValueEnum;
 use serde_json::Value;
 
+use crate::host::{log_tail, run_ok, settle};
 use crate::machine::{self, Machine};
 use crate::stats::{mb_per_s, median, median_ratio};
 
@@ -510,35 +511,6 @@ fn unescape(field: &[u8]) -> Vec<u8> {
         }
     }
     out
-}
-
-fn log_tail(path: &Path) -> String {
-    let text = fs::read_to_string(path).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(20)..].join("\n")
-}
-
-/// Run `cmd` to completion; its stdout, or an error with its stderr.
-fn run_ok(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out.stdout)
-}
-
-/// Push the previous variant's writes and deletes to disk, so that they are
-/// not billed to the next one.
-fn settle() {
-    // SAFETY: sync(2) takes no arguments and cannot fail.
-    unsafe { libc::sync() };
 }
 
 /// `sync; echo 3 > /proc/sys/vm/drop_caches`: the next read comes from the

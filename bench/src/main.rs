@@ -9,6 +9,7 @@ mod criu;
 mod drain;
 mod e2e;
 mod fuse;
+mod host;
 mod machine;
 mod report;
 mod stats;
