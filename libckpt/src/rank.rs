@@ -931,6 +931,59 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_in_another_process_never_makes_a_dead_writer_look_alive() {
+        let d = crate::testutil::scratch("ckpt-rank-");
+        let (job, set) = names();
+        let s0 = store_at(d.path());
+        let mut p0 = Part::join(&s0, &job, &set, Ranks::new(0, 2).unwrap()).unwrap();
+        let record = s0.meta_dir(&job, &set).join(writer_name(0));
+        // Rank 0 "dies": its lock goes with the process.
+        let lock = p0.lock.take();
+        drop(p0);
+        drop(lock);
+        // Rank 0 is dead. Another process's liveness probe holds a lock on
+        // its record at this very instant (a probe's lock is shared).
+        let probe = File::open(&record).unwrap();
+        probe.lock_shared().unwrap();
+        assert_eq!(state(&s0, &job, &set), Some(SetState::Abandoned));
+        assert!(!held_by_writer(&record));
+        // The next run's rank 0 starts the set again instead of refusing
+        // a duplicate rank.
+        let p0 = Part::join(&s0, &job, &set, Ranks::new(0, 2).unwrap()).unwrap();
+        drop(probe);
+        drop(p0);
+    }
+
+    #[test]
+    fn a_set_being_created_is_never_seen_without_its_writer() {
+        let d = crate::testutil::scratch("ckpt-rank-");
+        let (job, set) = names();
+        let s0 = store_at(d.path());
+        let meta = s0.meta_dir(&job, &set);
+        let created = std::time::SystemTime::now();
+        let lock = s0
+            .create_meta(&job, &set, &writer_name(0), created)
+            .unwrap();
+        // The directory appeared with its live writer record already in it.
+        assert!(meta.join(writer_name(0)).exists());
+        assert_eq!(state(&s0, &job, &set), Some(SetState::Writing));
+        // Nothing is left under a hidden name beside it.
+        let hidden: Vec<_> = fs::read_dir(meta.parent().unwrap())
+            .unwrap()
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+            .collect();
+        assert!(hidden.is_empty(), "{hidden:?}");
+        // A second creator is refused, and leaves nothing behind either.
+        assert!(matches!(
+            s0.create_meta(&job, &set, &writer_name(1), created),
+            Err(crate::store::StoreError::SetExists { .. })
+        ));
+        assert_eq!(fs::read_dir(meta.parent().unwrap()).unwrap().count(), 1);
+        drop(lock);
+    }
+
+    #[test]
     fn abandon_size_and_duplicate_checks() {
         let d = crate::testutil::scratch("ckpt-rank-");
         let (job, set) = names();
