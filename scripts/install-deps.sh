@@ -24,6 +24,7 @@ if ((${#missing[@]})); then
 fi
 
 bash "$(dirname "${BASH_SOURCE[0]}")/install-criu.sh"
+bash "$(dirname "${BASH_SOURCE[0]}")/install-seaweedfs.sh"
 
 if ! command -v cargo >/dev/null 2>&1; then
     for d in "$HOME/.cargo/bin" /usr/local/cargo/bin; do

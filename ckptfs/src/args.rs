@@ -108,6 +108,76 @@ pub struct Global {
     #[arg(long, global = true, value_name = "N")]
     pub dr_zstd_level: Option<i32>,
 
+    /// S3 tier: s3://BUCKET/PREFIX of any S3-compatible store; credentials
+    /// come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the shared
+    /// files (~/.aws/credentials), never from a flag
+    /// [config: s3.url; default none].
+    #[arg(long, global = true, value_name = "s3://BUCKET/PREFIX")]
+    pub s3: Option<String>,
+
+    /// http(s)://HOST:PORT of the S3 server [config: s3.endpoint; default
+    /// $AWS_ENDPOINT_URL_S3, $AWS_ENDPOINT_URL, else AWS].
+    #[arg(long, global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region [config: s3.region; default $AWS_REGION, else us-east-1].
+    #[arg(long, global = true, value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Path-style S3 requests [config: s3.path_style; default true with
+    /// --s3-endpoint, false for AWS].
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub s3_path_style: Option<bool>,
+
+    /// Credentials profile in ~/.aws/credentials or ~/.aws/config
+    /// [config: s3.profile; default $AWS_PROFILE, else default].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub s3_profile: Option<String>,
+
+    /// Complete sets kept per job on S3 [config: s3.keep; default 10].
+    #[arg(long, global = true, value_name = "N")]
+    pub s3_keep: Option<usize>,
+
+    /// Drain rate limit to S3, bytes/s, 0 unlimited [config: s3.rate].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub s3_rate: Option<ByteSize>,
+
+    /// S3 requests in flight at once, 1–256 [config: s3.parallel; default 16].
+    #[arg(long, global = true, value_name = "N")]
+    pub s3_parallel: Option<usize>,
+
+    /// zstd level for S3 chunk objects, 1–19 [config: s3.zstd_level; default 3].
+    #[arg(long, global = true, value_name = "N")]
+    pub s3_zstd_level: Option<i32>,
+
+    /// Objects above this size are uploaded in parts
+    /// [config: s3.multipart_threshold; default 16 MiB].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub s3_multipart_threshold: Option<ByteSize>,
+
+    /// Part size of multipart uploads, 5 MiB–5 GiB
+    /// [config: s3.part_size; default 8 MiB].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub s3_part_size: Option<ByteSize>,
+
+    /// Send a SHA-256 checksum with each upload for the server to check
+    /// [config: s3.checksum; default false].
+    #[arg(long, global = true, value_name = "BOOL")]
+    pub s3_checksum: Option<bool>,
+
+    /// Retries of one S3 request before the drain backs off
+    /// [config: s3.retries; default 6].
+    #[arg(long, global = true, value_name = "N")]
+    pub s3_retries: Option<usize>,
+
+    /// Longest time one S3 request is retried [config: s3.retry_timeout; default 2m].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub s3_retry_timeout: Option<String>,
+
+    /// Deadline of one S3 request [config: s3.request_timeout; default 60s].
+    #[arg(long, global = true, value_name = "DURATION")]
+    pub s3_request_timeout: Option<String>,
+
     /// Random delay before a set starts draining [config: drain.jitter; default 2s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub drain_jitter: Option<String>,
@@ -193,6 +263,21 @@ impl Global {
             dr_keep: self.dr_keep,
             dr_rate: self.dr_rate,
             dr_zstd_level: self.dr_zstd_level,
+            s3: self.s3.clone(),
+            s3_endpoint: self.s3_endpoint.clone(),
+            s3_region: self.s3_region.clone(),
+            s3_path_style: self.s3_path_style,
+            s3_profile: self.s3_profile.clone(),
+            s3_keep: self.s3_keep,
+            s3_rate: self.s3_rate,
+            s3_parallel: self.s3_parallel,
+            s3_zstd_level: self.s3_zstd_level,
+            s3_multipart_threshold: self.s3_multipart_threshold,
+            s3_part_size: self.s3_part_size,
+            s3_checksum: self.s3_checksum,
+            s3_retries: self.s3_retries,
+            s3_retry_timeout: self.s3_retry_timeout.clone(),
+            s3_request_timeout: self.s3_request_timeout.clone(),
             drain_jitter: self.drain_jitter.clone(),
             drain_backoff_min: self.drain_backoff_min.clone(),
             drain_backoff_max: self.drain_backoff_max.clone(),
@@ -226,7 +311,7 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Drain complete sets to the lower tiers (--pfs, --dr), or show what is
+    /// Drain complete sets to the lower tiers (--pfs, --dr, --s3), or show what is
     /// pending. With a mount's daemon serving the cache, it drains by itself:
     /// --wait then only waits. Without one, this drains in the foreground.
     Drain {
@@ -252,7 +337,8 @@ pub enum Command {
         /// Destination directory (created; must be empty).
         #[arg(long, value_name = "DIR")]
         to: PathBuf,
-        /// Only this source: cache, pfs or dr.
+        /// Only these sources, tried in this order: cache, pfs, dr or s3, or
+        /// several separated by commas (e.g. s3,pfs).
         #[arg(long, value_name = "SOURCE")]
         from: Option<String>,
         /// Make the restored files durable (fdatasync each, with direct

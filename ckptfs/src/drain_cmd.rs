@@ -92,7 +92,7 @@ pub fn drain(
     let job = job.map(JobName::new).transpose()?;
     let tiers = drain::tiers_from_config(config)?;
     if tiers.is_empty() {
-        bail!("no lower tier is configured: give --pfs DIR and/or --dr HOST:PORT (or [pfs]/[dr] in the config)");
+        bail!("no lower tier is configured: give --pfs DIR, --dr HOST:PORT and/or --s3 s3://BUCKET/PREFIX (or [pfs]/[dr]/[s3] in the config)");
     }
     // A daemon serving this cache drains by itself; two drains of one
     // cache would race on the journal.

@@ -56,6 +56,7 @@ pub struct Config {
     pub drain: DrainConfig,
     pub pfs: PfsConfig,
     pub dr: DrConfig,
+    pub s3: S3Config,
     pub criu: CriuConfig,
     pub api: ApiConfig,
 }
@@ -228,6 +229,68 @@ impl Default for DrConfig {
     }
 }
 
+/// `[s3]`: an S3-compatible object store. Off unless `url` is set.
+/// Credentials never come from here: see [`crate::s3::creds`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct S3Config {
+    /// `s3://BUCKET/PREFIX`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// `http(s)://host:port` of the server; else `$AWS_ENDPOINT_URL_S3`,
+    /// `$AWS_ENDPOINT_URL`, else AWS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Else `$AWS_REGION`, `$AWS_DEFAULT_REGION`, else us-east-1.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Path-style requests; default: yes with an endpoint, no for AWS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_style: Option<bool>,
+    /// Credentials profile in the shared AWS files.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    pub keep: usize,
+    pub rate: ByteSize,
+    /// Requests in flight at once (1–256).
+    pub parallel: usize,
+    /// zstd level for chunk objects (1–19).
+    pub zstd_level: i32,
+    /// Objects larger than this are uploaded in parts.
+    pub multipart_threshold: ByteSize,
+    /// Part size of a multipart upload (at least 5 MiB, S3's minimum).
+    pub part_size: ByteSize,
+    /// Send a SHA-256 checksum with each upload for the server to check.
+    pub checksum: bool,
+    /// Retries of one request (throttling, 5xx, timeouts) before the drain
+    /// backs off.
+    pub retries: usize,
+    pub retry_timeout: String,
+    pub request_timeout: String,
+}
+
+impl Default for S3Config {
+    fn default() -> Self {
+        Self {
+            url: None,
+            endpoint: None,
+            region: None,
+            path_style: None,
+            profile: None,
+            keep: 10,
+            rate: ByteSize::b(0),
+            parallel: 16,
+            zstd_level: 3,
+            multipart_threshold: ByteSize::mib(16),
+            part_size: ByteSize::mib(8),
+            checksum: false,
+            retries: 6,
+            retry_timeout: "2m".into(),
+            request_timeout: "60s".into(),
+        }
+    }
+}
+
 /// `[mount]`: the FUSE filesystem at /ckpt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -288,6 +351,7 @@ impl Default for Config {
             drain: DrainConfig::default(),
             pfs: PfsConfig::default(),
             dr: DrConfig::default(),
+            s3: S3Config::default(),
             criu: CriuConfig::default(),
             api: ApiConfig::default(),
         }
@@ -338,6 +402,21 @@ pub struct Overrides {
     pub dr_keep: Option<usize>,
     pub dr_rate: Option<ByteSize>,
     pub dr_zstd_level: Option<i32>,
+    pub s3: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_path_style: Option<bool>,
+    pub s3_profile: Option<String>,
+    pub s3_keep: Option<usize>,
+    pub s3_rate: Option<ByteSize>,
+    pub s3_parallel: Option<usize>,
+    pub s3_zstd_level: Option<i32>,
+    pub s3_multipart_threshold: Option<ByteSize>,
+    pub s3_part_size: Option<ByteSize>,
+    pub s3_checksum: Option<bool>,
+    pub s3_retries: Option<usize>,
+    pub s3_retry_timeout: Option<String>,
+    pub s3_request_timeout: Option<String>,
     pub drain_jitter: Option<String>,
     pub drain_backoff_min: Option<String>,
     pub drain_backoff_max: Option<String>,
@@ -464,6 +543,30 @@ impl Config {
         set(&mut self.dr.keep, o.dr_keep);
         set(&mut self.dr.rate, o.dr_rate);
         set(&mut self.dr.zstd_level, o.dr_zstd_level);
+        let s3 = &mut self.s3;
+        for (slot, v) in [
+            (&mut s3.url, &o.s3),
+            (&mut s3.endpoint, &o.s3_endpoint),
+            (&mut s3.region, &o.s3_region),
+            (&mut s3.profile, &o.s3_profile),
+        ] {
+            if v.is_some() {
+                slot.clone_from(v);
+            }
+        }
+        if o.s3_path_style.is_some() {
+            s3.path_style = o.s3_path_style;
+        }
+        set(&mut s3.keep, o.s3_keep);
+        set(&mut s3.rate, o.s3_rate);
+        set(&mut s3.parallel, o.s3_parallel);
+        set(&mut s3.zstd_level, o.s3_zstd_level);
+        set(&mut s3.multipart_threshold, o.s3_multipart_threshold);
+        set(&mut s3.part_size, o.s3_part_size);
+        set(&mut s3.checksum, o.s3_checksum);
+        set(&mut s3.retries, o.s3_retries);
+        set(&mut s3.retry_timeout, o.s3_retry_timeout.clone());
+        set(&mut s3.request_timeout, o.s3_request_timeout.clone());
         set(&mut self.drain.jitter, o.drain_jitter.clone());
         set(&mut self.drain.backoff_min, o.drain_backoff_min.clone());
         set(&mut self.drain.backoff_max, o.drain_backoff_max.clone());
@@ -539,6 +642,8 @@ impl Config {
             ("drain.backoff_max", &self.drain.backoff_max),
             ("api.wait_timeout", &self.api.wait_timeout),
             ("api.finalize_timeout", &self.api.finalize_timeout),
+            ("s3.retry_timeout", &self.s3.retry_timeout),
+            ("s3.request_timeout", &self.s3.request_timeout),
         ] {
             if humantime::parse_duration(value).is_err() {
                 return fail(
@@ -577,6 +682,50 @@ impl Config {
             return fail(
                 "dr.zstd_level",
                 format!("{} is outside 1..=19", self.dr.zstd_level),
+            );
+        }
+        if let Some(url) = &self.s3.url {
+            if let Err(e) = crate::s3::S3Url::parse(url) {
+                return fail("s3.url", e.to_string());
+            }
+        }
+        if let Some(e) = &self.s3.endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return fail(
+                    "s3.endpoint",
+                    format!("{e:?} is not an http:// or https:// address"),
+                );
+            }
+        }
+        if !(1..=19).contains(&self.s3.zstd_level) {
+            return fail(
+                "s3.zstd_level",
+                format!("{} is outside 1..=19", self.s3.zstd_level),
+            );
+        }
+        if !(1..=256).contains(&self.s3.parallel) {
+            return fail(
+                "s3.parallel",
+                format!("{} is outside 1..=256", self.s3.parallel),
+            );
+        }
+        let part = self.s3.part_size.as_u64();
+        if !(5 << 20..=5 << 30).contains(&part) {
+            return fail(
+                "s3.part_size",
+                format!(
+                    "{} is outside S3's part sizes, 5 MiB to 5 GiB",
+                    self.s3.part_size
+                ),
+            );
+        }
+        if self.s3.multipart_threshold.as_u64() < part {
+            return fail(
+                "s3.multipart_threshold",
+                format!(
+                    "{} is below the part size ({})",
+                    self.s3.multipart_threshold, self.s3.part_size
+                ),
             );
         }
         for (job, t) in &self.mount.idle_commit {
@@ -641,6 +790,9 @@ impl Config {
         if self.dr.address.is_some() {
             t.push("dr".to_owned());
         }
+        if self.s3.url.is_some() {
+            t.push("s3".to_owned());
+        }
         t
     }
 
@@ -653,6 +805,43 @@ impl Config {
 fn set<T>(slot: &mut T, v: Option<T>) {
     if let Some(v) = v {
         *slot = v;
+    }
+}
+
+impl S3Config {
+    /// The tier's options: the config, then the AWS environment for what
+    /// it leaves out, and credentials from the usual places.
+    pub fn options(&self) -> Result<Option<crate::s3::S3Options>, String> {
+        let Some(url) = &self.url else {
+            return Ok(None);
+        };
+        let url = crate::s3::S3Url::parse(url).map_err(|e| e.to_string())?;
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let creds = crate::s3::creds::Lookup::process()
+            .resolve(self.profile.as_deref())
+            .map_err(|e| e.to_string())?;
+        let mut o = crate::s3::S3Options::new(url, creds);
+        o.endpoint = self
+            .endpoint
+            .clone()
+            .or_else(|| env("AWS_ENDPOINT_URL_S3"))
+            .or_else(|| env("AWS_ENDPOINT_URL"));
+        o.region = self
+            .region
+            .clone()
+            .or_else(|| env("AWS_REGION"))
+            .or_else(|| env("AWS_DEFAULT_REGION"))
+            .unwrap_or_else(|| "us-east-1".into());
+        o.path_style = self.path_style.unwrap_or(o.endpoint.is_some());
+        o.parallel = self.parallel;
+        o.zstd_level = self.zstd_level;
+        o.multipart_threshold = self.multipart_threshold.as_u64();
+        o.part_size = self.part_size.as_u64();
+        o.checksum = self.checksum;
+        o.retries = self.retries;
+        o.retry_timeout = duration(&self.retry_timeout);
+        o.request_timeout = duration(&self.request_timeout);
+        Ok(Some(o))
     }
 }
 
@@ -670,6 +859,7 @@ pub fn flag_of(key: &str) -> String {
     match k {
         "pfs.dir" => "pfs".into(),
         "dr.address" => "dr".into(),
+        "s3.url" => "s3".into(),
         "criu.path" => "criu".into(),
         _ => k.replace(['.', '_'], "-"),
     }

@@ -36,6 +36,7 @@ pub mod memimage;
 pub mod path;
 pub mod rank;
 pub mod rate;
+pub mod s3;
 pub mod retention;
 pub mod set;
 pub mod stage;

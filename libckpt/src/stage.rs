@@ -101,17 +101,23 @@ fn sources<'a>(
     tiers: &'a [Arc<dyn Tier>],
     from: Option<&str>,
 ) -> Result<Vec<Option<&'a Arc<dyn Tier>>>, StageError> {
-    match from {
-        None => Ok(std::iter::once(None)
+    let Some(list) = from else {
+        return Ok(std::iter::once(None)
             .chain(tiers.iter().map(Some))
-            .collect()),
-        Some(CACHE) => Ok(vec![None]),
-        Some(name) => tiers
-            .iter()
-            .find(|t| t.name() == name)
-            .map(|t| vec![Some(t)])
-            .ok_or_else(|| StageError::UnknownSource(name.to_owned())),
-    }
+            .collect());
+    };
+    // "s3,pfs": these sources, in this order.
+    list.split(',')
+        .map(str::trim)
+        .map(|name| match name {
+            CACHE => Ok(None),
+            _ => tiers
+                .iter()
+                .find(|t| t.name() == name)
+                .map(Some)
+                .ok_or_else(|| StageError::UnknownSource(name.to_owned())),
+        })
+        .collect()
 }
 
 /// What to restore, and where to.
@@ -121,7 +127,8 @@ pub struct RestoreRequest<'a> {
     /// The newest complete set when `None`.
     pub set: Option<&'a SetName>,
     pub to: &'a Path,
-    /// "cache", a tier's name, or `None` for the cache then each tier.
+    /// "cache", a tier's name, or several separated by commas, tried in
+    /// that order; `None` for the cache then each tier.
     pub from: Option<&'a str>,
 }
 
@@ -142,14 +149,21 @@ pub fn restore(
         Some(s) => s.clone(),
         None => {
             let found = match from {
-                Some(CACHE) => store.latest(job)?.map(|s| s.set),
-                Some(_) => candidates
-                    .iter()
-                    .flatten()
-                    .filter_map(|t| t.sets(job).ok())
-                    .flatten()
-                    .max_by(|a, b| (a.created, &a.set).cmp(&(b.created, &b.set)))
-                    .map(|s| s.set),
+                Some(_) => {
+                    let mut newest: Vec<(std::time::SystemTime, SetName)> = Vec::new();
+                    for c in &candidates {
+                        match c {
+                            None => newest.extend(store.latest(job)?.map(|s| (s.created, s.set))),
+                            Some(t) => newest.extend(
+                                t.sets(job)
+                                    .into_iter()
+                                    .flatten()
+                                    .map(|s| (s.created, s.set)),
+                            ),
+                        }
+                    }
+                    newest.into_iter().max().map(|(_, s)| s)
+                }
                 None => latest(store, tiers, job).map(|l| l.set),
             };
             found.ok_or_else(|| StageError::NoSet {

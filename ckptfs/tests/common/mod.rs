@@ -54,6 +54,8 @@ pub struct Opts {
     pub tmpfs_cache_mib: Option<u64>,
     /// Start without `--foreground`: `ckptfs mount` returns once live.
     pub background: bool,
+    /// Environment for the daemon and the CLI (S3 credentials, say).
+    pub env: Vec<(String, String)>,
 }
 
 impl Opts {
@@ -63,6 +65,7 @@ impl Opts {
             mount_args: Vec::new(),
             tmpfs_cache_mib: None,
             background: false,
+            env: Vec::new(),
         }
     }
 
@@ -82,6 +85,11 @@ impl Opts {
 
     pub fn background(mut self) -> Opts {
         self.background = true;
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Opts {
+        self.env.push((key.to_owned(), value.to_owned()));
         self
     }
 }
@@ -174,6 +182,7 @@ impl Mount {
         let mut c = Command::new(BIN);
         c.env("CKPTFS_CONFIG", &self.config)
             .env_remove("RUST_LOG")
+            .envs(self.opts.env.iter().map(|(k, v)| (k, v)))
             .arg("--cache")
             .arg(&self.cache)
             // No retention surprises: tests count their sets.
@@ -966,3 +975,4 @@ macro_rules! both_paths {
 }
 
 pub mod netns;
+pub mod weed;

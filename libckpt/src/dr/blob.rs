@@ -1,20 +1,21 @@
 //! A chunk as it travels and as it rests: a fixed header naming the piece
 //! (BLAKE3 hash of its raw bytes, crc32c, raw length, codec) followed by the
-//! zstd-compressed bytes.
+//! zstd-compressed bytes, or the raw bytes where zstd does not pay.
 //!
 //! ```text
 //! offset  size  field
 //!      0    32  BLAKE3 of the raw bytes: the chunk's name in the store
 //!     32     4  crc32c of the raw bytes, big-endian (the manifest's value)
 //!     36     4  raw length, big-endian, at most MAX_PIECE
-//!     40     1  codec: 1 = zstd
+//!     40     1  codec: 1 = zstd, 0 = stored (raw bytes)
 //!     41     3  reserved, 0
-//!     44     …  one zstd frame
+//!     44     …  one zstd frame, or the raw bytes
 //! ```
 //!
-//! The same bytes are a `PutChunk` payload, the file in the server's store
-//! and a `Chunk` reply, so the server stores and serves what it received
-//! without recompressing, and the receiver of any copy can check it alone.
+//! The same bytes are a `PutChunk` payload, the file in the server's store,
+//! a `Chunk` reply and a chunk object in an S3 bucket, so whoever holds it
+//! stores and serves what it received without recompressing, and the
+//! receiver of any copy can check it alone.
 
 use std::cell::RefCell;
 use std::fmt;
@@ -26,6 +27,7 @@ use super::proto::hex;
 
 pub const CHUNK_HEADER_LEN: usize = 44;
 const CODEC_ZSTD: u8 = 1;
+const CODEC_STORED: u8 = 0;
 
 /// BLAKE3 of a piece's raw bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,6 +80,8 @@ pub struct ChunkHeader {
     pub hash: ChunkHash,
     pub crc32c: u32,
     pub raw_len: u32,
+    /// The data is zstd (else the raw bytes: noise does not compress).
+    pub zstd: bool,
 }
 
 impl ChunkHeader {
@@ -86,7 +90,7 @@ impl ChunkHeader {
         h[..32].copy_from_slice(&self.hash.0);
         h[32..36].copy_from_slice(&self.crc32c.to_be_bytes());
         h[36..40].copy_from_slice(&self.raw_len.to_be_bytes());
-        h[40] = CODEC_ZSTD;
+        h[40] = if self.zstd { CODEC_ZSTD } else { CODEC_STORED };
         h
     }
 }
@@ -146,12 +150,16 @@ pub fn seal_hashed(
     let data = compress(raw, level).map_err(|e| BlobError::Compress {
         message: e.to_string(),
     })?;
+    // Where zstd does not shrink the bytes, keeping them raw saves the
+    // receiver a decompression and the store the frame's overhead.
+    let zstd = data.len() < raw.len();
     let header = ChunkHeader {
         hash,
         crc32c,
         raw_len: raw.len() as u32,
+        zstd,
     };
-    Ok((header, data))
+    Ok((header, if zstd { data } else { raw.to_vec() }))
 }
 
 thread_local! {
@@ -197,7 +205,7 @@ pub fn parse(blob: &[u8]) -> Result<(ChunkHeader, &[u8]), BlobError> {
     let hash = ChunkHash(hash);
     let be = |a: &[u8]| u32::from_be_bytes([a[0], a[1], a[2], a[3]]);
     let (codec, reserved) = (h[40], [h[41], h[42], h[43]]);
-    if codec != CODEC_ZSTD || reserved != [0; 3] {
+    if !matches!(codec, CODEC_ZSTD | CODEC_STORED) || reserved != [0; 3] {
         return Err(BlobError::Codec {
             hash,
             codec,
@@ -208,6 +216,7 @@ pub fn parse(blob: &[u8]) -> Result<(ChunkHeader, &[u8]), BlobError> {
         hash,
         crc32c: be(&h[32..36]),
         raw_len: be(&h[36..40]),
+        zstd: codec == CODEC_ZSTD,
     };
     if header.raw_len as usize > MAX_PIECE {
         return Err(BlobError::TooLarge {
@@ -224,10 +233,14 @@ pub fn parse(blob: &[u8]) -> Result<(ChunkHeader, &[u8]), BlobError> {
 pub fn open(blob: &[u8]) -> Result<(ChunkHeader, Vec<u8>), BlobError> {
     let (header, data) = parse(blob)?;
     let hash = header.hash;
-    let raw = decompress(data, header.raw_len as usize).map_err(|e| BlobError::Decompress {
-        hash,
-        message: e.to_string(),
-    })?;
+    let raw = if header.zstd {
+        decompress(data, header.raw_len as usize).map_err(|e| BlobError::Decompress {
+            hash,
+            message: e.to_string(),
+        })?
+    } else {
+        data.to_vec()
+    };
     if raw.len() != header.raw_len as usize {
         return Err(BlobError::Length {
             hash,
@@ -293,6 +306,12 @@ mod tests {
         b[36] = 0xff;
         assert!(matches!(open(&b), Err(BlobError::TooLarge { .. })));
         let mut b = good.clone();
+        b[40] = 0;
+        assert!(
+            open(&b).is_err(),
+            "zstd bytes taken as stored fail the checks"
+        );
+        let mut b = good.clone();
         b[40] = 2;
         assert!(matches!(open(&b), Err(BlobError::Codec { .. })));
         let mut b = good.clone();
@@ -304,6 +323,27 @@ mod tests {
             Err(BlobError::Short { len: 10 })
         ));
         assert!(open(&good[..good.len() - 3]).is_err());
+    }
+
+    #[test]
+    fn noise_is_stored_raw() {
+        let mut raw = vec![0u8; 70_000];
+        let mut x = 0x9e37_79b9_u32;
+        for b in raw.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            *b = x as u8;
+        }
+        let b = blob(&raw);
+        assert_eq!(b[40], CODEC_STORED);
+        assert_eq!(b.len(), CHUNK_HEADER_LEN + raw.len());
+        let (h, back) = open(&b).unwrap();
+        assert!(!h.zstd);
+        assert_eq!(back, raw);
+        let mut bad = b.clone();
+        bad[100] ^= 1;
+        assert!(matches!(open(&bad), Err(BlobError::Hash { .. })));
     }
 
     #[test]

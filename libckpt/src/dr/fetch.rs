@@ -10,7 +10,7 @@
 use std::io::{self, Read};
 use std::path::Path;
 
-use super::blob::{self, ChunkHash};
+use super::blob::ChunkHash;
 use super::client::{tier_error, DrTier, Session};
 use super::conn::Conn;
 use super::error::DrError;
@@ -94,7 +94,7 @@ pub(crate) fn fetch(
             got: 0,
             cur: Vec::new(),
             pos: 0,
-            crc: 0,
+            checker: piece::Checker::default(),
             failure: None,
             progress,
         };
@@ -146,8 +146,7 @@ struct PieceReader<'s, 't, 'a> {
     got: usize,
     cur: Vec<u8>,
     pos: usize,
-    /// crc32c of the current chunk so far.
-    crc: u32,
+    checker: piece::Checker,
     /// Why reading stopped, for the caller (a `Read` can only say "error").
     failure: Option<TierError>,
     progress: &'a dyn Fn(u64),
@@ -224,41 +223,10 @@ impl PieceReader<'_, '_, '_> {
 
     fn check(&mut self, piece: &Piece, blob: &[u8]) -> Result<Vec<u8>, TierError> {
         let want = self.hash(self.got);
-        let (header, raw) = blob::open(blob).map_err(|e| self.corrupt(piece, e.to_string()))?;
-        if header.hash != want {
-            return Err(self.corrupt(
-                piece,
-                format!("the server sent chunk {} for {want}", header.hash),
-            ));
-        }
-        if raw.len() != piece.len {
-            return Err(self.corrupt(
-                piece,
-                format!(
-                    "chunk {want} has {} bytes, the record calls for {}",
-                    raw.len(),
-                    piece.len
-                ),
-            ));
-        }
-        self.crc = if piece.starts_chunk {
-            header.crc32c
-        } else {
-            crc32c::crc32c_combine(self.crc, header.crc32c, raw.len())
-        };
-        if piece.ends_chunk {
-            let expect = self.file.crc32c.get(piece.chunk as usize).copied();
-            if expect != Some(self.crc) {
-                return Err(self.corrupt(
-                    piece,
-                    format!(
-                        "crc32c {:08x}, the manifest says {}",
-                        self.crc,
-                        expect.map_or("nothing".into(), |w| format!("{w:08x}"))
-                    ),
-                ));
-            }
-        }
+        let raw = self
+            .checker
+            .check(self.file, piece, want, blob)
+            .map_err(|detail| self.corrupt(piece, detail))?;
         self.got += 1;
         self.s.progressed();
         (self.progress)(raw.len() as u64);

@@ -6,7 +6,11 @@
 //! ([`MAX_PIECE`]) are cut into several pieces; their crc32c is then checked
 //! by combining the pieces' crcs.
 
+use rayon::prelude::*;
+
+use super::blob::{self, ChunkHash};
 use crate::manifest::FileEntry;
+use crate::tier::{Source, TierError};
 
 pub use super::frame::MAX_PIECE;
 
@@ -57,6 +61,127 @@ pub fn split(len: u64) -> impl Iterator<Item = (u64, usize, bool)> {
         let at = i * MAX_PIECE as u64;
         (at, (len - at).min(MAX_PIECE as u64) as usize, i + 1 == n)
     })
+}
+
+/// A piece read from the cache for a push: checked against the manifest
+/// and hashed.
+pub struct ReadPiece {
+    /// Index of its file in the manifest.
+    pub file: usize,
+    /// Its index among the file's pieces.
+    pub index: usize,
+    pub raw: Vec<u8>,
+    /// The manifest's crc32c when the piece is a whole chunk.
+    pub crc: Option<u32>,
+    pub hash: ChunkHash,
+}
+
+/// Read every piece of `src` (checked against the manifest's crc32c by
+/// [`Source::for_each_chunk`]) and hand them to `send` in batches of about
+/// `batch_bytes` or `batch_pieces`, hashed in parallel. Returns the bytes
+/// read. Stops early, without error, when `send` returns false (the
+/// receiving side failed and reports why).
+pub fn read_batches(
+    src: &Source<'_>,
+    batch_bytes: usize,
+    batch_pieces: usize,
+    send: &mut dyn FnMut(Vec<ReadPiece>) -> bool,
+) -> Result<u64, TierError> {
+    let mut batch: Vec<ReadPiece> = Vec::new();
+    let mut in_batch = 0usize;
+    let mut read = 0u64;
+    let mut gone = false;
+    let mut flush = |batch: &mut Vec<ReadPiece>| -> bool {
+        batch
+            .par_iter_mut()
+            .for_each(|p| p.hash = ChunkHash::of(&p.raw));
+        send(std::mem::take(batch))
+    };
+    for (fi, file) in src.manifest.files.iter().enumerate() {
+        let mut index = 0usize;
+        let r = src.for_each_chunk(file, &mut |chunk, bytes| {
+            read += bytes.len() as u64;
+            for (at, len, _) in split(bytes.len() as u64) {
+                let at = at as usize;
+                let whole = len == bytes.len();
+                batch.push(ReadPiece {
+                    file: fi,
+                    index,
+                    raw: bytes[at..at + len].to_vec(),
+                    crc: file.crc32c.get(chunk as usize).copied().filter(|_| whole),
+                    hash: ChunkHash([0; 32]),
+                });
+                index += 1;
+                in_batch += len;
+            }
+            if in_batch >= batch_bytes || batch.len() >= batch_pieces {
+                in_batch = 0;
+                if !flush(&mut batch) {
+                    gone = true;
+                    return Err(TierError::local(&src.dir, "the sender stopped"));
+                }
+            }
+            Ok(())
+        });
+        if gone {
+            return Ok(read);
+        }
+        r?;
+    }
+    if !batch.is_empty() {
+        flush(&mut batch);
+    }
+    Ok(read)
+}
+
+/// Checks one file's pieces as they arrive, in order, from any tier that
+/// stores blobs: the blob against its own header, its hash against the
+/// set record's, its length against the piece, and each chunk's crc32c
+/// (combined over its pieces) against the manifest.
+#[derive(Default)]
+pub struct Checker {
+    /// crc32c of the current chunk so far.
+    crc: u32,
+}
+
+impl Checker {
+    /// The piece's raw bytes, or what is wrong with it (for a
+    /// [`Corruption`](crate::tier::Corruption)'s detail).
+    pub fn check(
+        &mut self,
+        file: &FileEntry,
+        piece: &Piece,
+        want: ChunkHash,
+        blob: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        let (header, raw) = blob::open(blob).map_err(|e| e.to_string())?;
+        if header.hash != want {
+            return Err(format!("got chunk {} for {want}", header.hash));
+        }
+        if raw.len() != piece.len {
+            return Err(format!(
+                "chunk {want} has {} bytes, the record calls for {}",
+                raw.len(),
+                piece.len
+            ));
+        }
+        self.crc = if piece.starts_chunk {
+            header.crc32c
+        } else {
+            crc32c::crc32c_combine(self.crc, header.crc32c, raw.len())
+        };
+        if piece.ends_chunk {
+            let expect = file.crc32c.get(piece.chunk as usize).copied();
+            if expect != Some(self.crc) {
+                return Err(format!(
+                    "crc32c {:08x}, the manifest says {}",
+                    self.crc,
+                    expect.map_or("nothing".into(), |w| format!("{w:08x}"))
+                ));
+            }
+        }
+        Ok(raw)
+    }
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@
 //! brought it or a previous connection did.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::mpsc::{self, SyncSender};
+use std::sync::mpsc;
 
 use rayon::prelude::*;
 
@@ -24,7 +24,7 @@ use super::blob::{self, BlobError, ChunkHash, ChunkHeader};
 use super::client::{tier_error, DrTier, Session};
 use super::conn::Conn;
 use super::error::DrError;
-use super::piece;
+use super::piece::{self, ReadPiece};
 use super::proto::{ChunkStored, Lacking, Missing, MsgType, SetStored, MAX_LACKING_BATCH};
 use super::record::SetRecord;
 use crate::manifest::Manifest;
@@ -49,13 +49,9 @@ enum State {
 }
 
 struct Pending {
-    file: usize,
-    index: usize,
-    raw: Vec<u8>,
-    /// The manifest's crc32c when the piece is a whole chunk: what the
-    /// server checks the bytes against.
-    crc: Option<u32>,
-    hash: ChunkHash,
+    /// The manifest's crc32c in it is what the server checks the bytes
+    /// against.
+    p: ReadPiece,
     blob: Option<Result<(ChunkHeader, Vec<u8>), BlobError>>,
     state: State,
 }
@@ -190,7 +186,19 @@ impl Pusher<'_> {
             .collect();
         let (tx, rx) = mpsc::sync_channel::<Vec<Pending>>(READ_AHEAD);
         std::thread::scope(|scope| {
-            let reader = scope.spawn(move || read_batches(src, &tx));
+            let reader = scope.spawn(move || {
+                piece::read_batches(src, BATCH_BYTES, BATCH_PIECES, &mut |batch| {
+                    let batch = batch
+                        .into_iter()
+                        .map(|p| Pending {
+                            p,
+                            blob: None,
+                            state: State::Todo,
+                        })
+                        .collect();
+                    tx.send(batch).is_ok()
+                })
+            });
             let mut sent = Ok(());
             for mut batch in rx.iter() {
                 sent = self.flush(&mut batch, &mut out);
@@ -223,14 +231,14 @@ impl Pusher<'_> {
         }
         let mut queued = HashSet::new();
         for p in batch.iter_mut() {
-            let Some(slot) = out.get_mut(p.file).and_then(|v| v.get_mut(p.index)) else {
+            let Some(slot) = out.get_mut(p.p.file).and_then(|v| v.get_mut(p.p.index)) else {
                 return Err(TierError::local(
-                    &self.manifest.files[p.file].path.under(self.dir),
+                    &self.manifest.files[p.p.file].path.under(self.dir),
                     "more chunks than the manifest lists",
                 ));
             };
-            *slot = p.hash;
-            if self.known.contains(&p.hash) || !queued.insert(p.hash) {
+            *slot = p.p.hash;
+            if self.known.contains(&p.p.hash) || !queued.insert(p.p.hash) {
                 p.state = State::Done;
                 self.report.skipped += 1;
             }
@@ -266,7 +274,7 @@ impl Pusher<'_> {
             .collect();
         let mut lacking = Vec::new();
         for group in todo.chunks(MAX_LACKING_BATCH) {
-            let hashes = group.iter().map(|&i| batch[i].hash).collect();
+            let hashes = group.iter().map(|&i| batch[i].p.hash).collect();
             let r: Missing =
                 conn.call_json(MsgType::Lacking, &Lacking { hashes }, MsgType::Missing)?;
             let mut missing = vec![false; group.len()];
@@ -286,7 +294,7 @@ impl Pusher<'_> {
                     lacking.push(i);
                 } else {
                     batch[i].state = State::Done;
-                    self.known.insert(batch[i].hash);
+                    self.known.insert(batch[i].p.hash);
                     self.report.skipped += 1;
                 }
             }
@@ -297,15 +305,15 @@ impl Pusher<'_> {
             .par_iter_mut()
             .filter(|p| p.state == State::Todo && p.blob.is_none())
             .for_each(|p| {
-                let crc = p.crc.unwrap_or_else(|| crc32c::crc32c(&p.raw));
-                p.blob = Some(blob::seal_hashed(&p.raw, p.hash, crc, level));
+                let crc = p.p.crc.unwrap_or_else(|| crc32c::crc32c(&p.p.raw));
+                p.blob = Some(blob::seal_hashed(&p.p.raw, p.p.hash, crc, level));
             });
         let mut inflight = VecDeque::with_capacity(WINDOW);
         for &i in &lacking {
             let (header, data) = match &batch[i].blob {
                 Some(Ok(b)) => b,
                 Some(Err(e)) => {
-                    let path = self.manifest.files[batch[i].file].path.under(self.dir);
+                    let path = self.manifest.files[batch[i].p.file].path.under(self.dir);
                     return Err(Step::Local(TierError::local(&path, e)));
                 }
                 None => continue,
@@ -338,70 +346,17 @@ impl Pusher<'_> {
             return Ok(());
         };
         let p = &mut batch[i];
-        if r.hash != p.hash {
+        if r.hash != p.p.hash {
             return Err(Step::Net(DrError::Protocol {
                 peer: conn.peer().into(),
-                message: format!("acknowledged chunk {} when {} was next", r.hash, p.hash),
+                message: format!("acknowledged chunk {} when {} was next", r.hash, p.p.hash),
             }));
         }
         p.state = State::Done;
-        p.raw = Vec::new();
+        p.p.raw = Vec::new();
         p.blob = None;
-        self.known.insert(p.hash);
+        self.known.insert(p.p.hash);
         self.s.progressed();
         Ok(())
     }
-}
-
-/// Read `src`'s pieces, checked against the manifest and hashed, in batches
-/// into `tx`; the bytes read. Stops early, without error, when the
-/// receiving side has gone (it failed and reports why).
-fn read_batches(src: &Source<'_>, tx: &SyncSender<Vec<Pending>>) -> Result<u64, TierError> {
-    let mut batch: Vec<Pending> = Vec::new();
-    let mut batch_bytes = 0usize;
-    let mut read = 0u64;
-    let mut gone = false;
-    let send = |batch: &mut Vec<Pending>| -> bool {
-        batch
-            .par_iter_mut()
-            .for_each(|p| p.hash = ChunkHash::of(&p.raw));
-        tx.send(std::mem::take(batch)).is_ok()
-    };
-    for (fi, file) in src.manifest.files.iter().enumerate() {
-        let mut index = 0usize;
-        let r = src.for_each_chunk(file, &mut |chunk, bytes| {
-            read += bytes.len() as u64;
-            for (at, len, _) in piece::split(bytes.len() as u64) {
-                let at = at as usize;
-                let whole = len == bytes.len();
-                batch.push(Pending {
-                    file: fi,
-                    index,
-                    raw: bytes[at..at + len].to_vec(),
-                    crc: file.crc32c.get(chunk as usize).copied().filter(|_| whole),
-                    hash: ChunkHash([0; 32]),
-                    blob: None,
-                    state: State::Todo,
-                });
-                index += 1;
-                batch_bytes += len;
-            }
-            if batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_PIECES {
-                batch_bytes = 0;
-                if !send(&mut batch) {
-                    gone = true;
-                    return Err(TierError::local(&src.dir, "the sender stopped"));
-                }
-            }
-            Ok(())
-        });
-        if gone {
-            return Ok(read);
-        }
-        r?;
-    }
-    if !batch.is_empty() {
-        send(&mut batch);
-    }
-    Ok(read)
 }

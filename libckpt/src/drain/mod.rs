@@ -89,7 +89,8 @@ impl DrainOptions {
 }
 
 /// The lower tiers the configuration names, in drain and restore order
-/// (the parallel filesystem first: nearer, faster to restore from).
+/// (the parallel filesystem first: nearer, faster to restore from; then
+/// the DR site, then S3).
 /// Tiers with their policies, in drain order.
 pub type Tiers = Vec<(Arc<dyn Tier>, TierPolicy)>;
 
@@ -113,6 +114,21 @@ pub fn tiers_from_config(c: &crate::config::Config) -> Result<Tiers, TierError> 
             TierPolicy {
                 keep: c.dr.keep,
                 rate: rate(c.dr.rate),
+            },
+        ));
+    }
+    // Credentials are looked up here, so a missing one is reported at
+    // start, not at the first drain.
+    let s3 = c.s3.options().map_err(|message| TierError::Refused {
+        tier: crate::s3::TIER.into(),
+        message,
+    })?;
+    if let Some(o) = s3 {
+        out.push((
+            Arc::new(crate::s3::S3Tier::new(o)?),
+            TierPolicy {
+                keep: c.s3.keep,
+                rate: rate(c.s3.rate),
             },
         ));
     }

@@ -231,7 +231,8 @@ pub fn fingerprint(file: &FileEntry) -> u64 {
 }
 
 /// A place complete sets are kept. Implementations: [`pfs::PfsTier`] (a
-/// POSIX directory) and the DR site (`ckptfs serve`).
+/// POSIX directory), the DR site (`ckptfs serve`) and an S3 bucket
+/// ([`crate::s3::S3Tier`]).
 pub trait Tier: Send + Sync {
     /// "pfs", "dr", …: the tier's name in the config, status and journal.
     fn name(&self) -> &str;
@@ -298,16 +299,33 @@ pub fn copy_verified(
     engine: &IoEngine,
     progress: &dyn Fn(u64),
 ) -> Result<(), TierError> {
-    let threads = COPY_THREADS.min(m.files.len());
+    par_files(&m.files, dest, progress, &|file, sent| {
+        copy_file_verified(tier, from, m, file, dest, engine, sent)
+    })
+}
+
+/// What [`par_files`] does to one file: copy it, telling the bytes.
+pub type FileJob<'a> = dyn Fn(&FileEntry, &dyn Fn(u64)) -> Result<(), TierError> + Sync + 'a;
+
+/// Run `each` for every file, [`COPY_THREADS`] files at once, stopping at
+/// the first failure (which is returned). `each` reports bytes through its
+/// second argument; they reach `progress` on this thread, so `progress`
+/// need not be `Sync`. `dest` names the place in a panicking thread's error.
+pub fn par_files(
+    files: &[FileEntry],
+    dest: &Path,
+    progress: &dyn Fn(u64),
+    each: &FileJob<'_>,
+) -> Result<(), TierError> {
+    let threads = COPY_THREADS.min(files.len());
     if threads <= 1 {
-        for file in &m.files {
-            copy_file_verified(tier, from, m, file, dest, engine, progress)?;
+        for file in files {
+            each(file, progress)?;
         }
         return Ok(());
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    // `progress` need not be Sync: the workers send counts to this thread.
     let (tx, rx) = std::sync::mpsc::channel::<u64>();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
@@ -317,14 +335,13 @@ pub fn copy_verified(
                 scope.spawn(move || -> Result<(), TierError> {
                     use std::sync::atomic::Ordering::Relaxed;
                     while !stop.load(Relaxed) {
-                        let Some(file) = m.files.get(next.fetch_add(1, Relaxed)) else {
+                        let Some(file) = files.get(next.fetch_add(1, Relaxed)) else {
                             return Ok(());
                         };
                         let sent = |n: u64| {
                             let _ = tx.send(n);
                         };
-                        if let Err(e) = copy_file_verified(tier, from, m, file, dest, engine, &sent)
-                        {
+                        if let Err(e) = each(file, &sent) {
                             stop.store(true, Relaxed);
                             return Err(e);
                         }
@@ -350,7 +367,7 @@ pub fn copy_verified(
     })
 }
 
-/// Files [`copy_verified`] copies at once.
+/// Files [`copy_verified`] and [`par_files`] copy at once.
 const COPY_THREADS: usize = 4;
 
 /// One file of [`copy_verified`].
