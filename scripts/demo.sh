@@ -3,8 +3,9 @@
 # (cache /var/tmp/ckptfs), and run a demo checkpoint through every tier.
 #
 # An application writes checkpoint sets as plain files under /ckpt and
-# commits them; they drain to a parallel-filesystem directory and to a
-# local DR receiver (`ckptfs serve`). The daemon is killed with SIGKILL in
+# commits them; they drain to a parallel-filesystem directory, to a
+# local DR receiver (`ckptfs serve`) and to an S3 bucket (a SeaweedFS
+# server on loopback). The daemon is killed with SIGKILL in
 # the middle of a set and mounted again: the half-written checkpoint is
 # never offered. The demo job is then wiped from the cache, as on a fresh
 # node, and comes back from the tiers through /ckpt and `ckptfs restore`,
@@ -32,21 +33,41 @@ mkdir -p "$mnt"
 # The lower tiers of the demo: a directory standing for the parallel
 # filesystem, and a DR receiver on this machine with a fresh shared key.
 tiers=$(mktemp -d /var/tmp/ckptfs-demo-tiers.XXXXXX)
-mkdir -p "$tiers/pfs" "$tiers/dr"
+mkdir -p "$tiers/pfs" "$tiers/dr" "$tiers/s3"
 (umask 077 && head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$tiers/dr.key")
 port=$((17000 + $$ % 1000))
-tier_flags=(--pfs "$tiers/pfs" --dr "127.0.0.1:$port" --dr-key "$tiers/dr.key" --drain-jitter 0s)
+# The S3 server's ports (and each port + 10000, its gRPC twin).
+s3port=$((18000 + $$ % 1000))
+export AWS_ACCESS_KEY_ID=demo-$$ AWS_SECRET_ACCESS_KEY=$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+tier_flags=(--pfs "$tiers/pfs" --dr "127.0.0.1:$port" --dr-key "$tiers/dr.key"
+            --s3 s3://ckpt-demo/cluster1 --s3-endpoint "http://127.0.0.1:$s3port" --drain-jitter 0s)
 # A mount left by an earlier run (live or with a dead daemon) goes first.
 if grep -q " $mnt fuse.ckptfs " /proc/mounts; then
     ckptfs umount --force "$mnt" >/dev/null || umount -l "$mnt"
 fi
 serve_pid=
+weed_pid=
 cleanup() {
+    # The demo's own status, not that of the last clean-up step.
+    local rc=$?
     if grep -q " $mnt fuse.ckptfs " /proc/mounts; then
         ckptfs umount --force "$mnt" >/dev/null 2>&1 || umount -l "$mnt" || true
     fi
-    [[ -n $serve_pid ]] && kill "$serve_pid" 2>/dev/null && wait "$serve_pid" 2>/dev/null
+    if [[ -n $serve_pid ]]; then
+        kill "$serve_pid" 2>/dev/null || true
+        wait "$serve_pid" 2>/dev/null || true
+    fi
+    # SeaweedFS can take 20 s to stop on SIGTERM; its data is disposable.
+    if [[ -n $weed_pid ]]; then
+        kill -9 "$weed_pid" 2>/dev/null || true
+        wait "$weed_pid" 2>/dev/null || true
+    fi
+    # Its unix sockets (named by port, not movable) go with it.
+    for p in "$s3port" $((s3port + 1)) $((s3port + 2)) $((s3port + 3)); do
+        rm -f /tmp/seaweedfs-*-"$p".sock /tmp/seaweedfs-*-$((p + 10000)).sock
+    done
     rm -rf "$tiers"
+    return "$rc"
 }
 trap cleanup EXIT
 
@@ -61,7 +82,22 @@ for _ in $(seq 1 200); do
     sleep 0.05
 done
 
-say "mount ckptfs at $mnt with both tiers (returns once the mount is live)"
+say "an S3 object store: SeaweedFS on 127.0.0.1:$s3port, bucket ckpt-demo"
+printf '{"identities":[{"name":"demo","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List"]}]}' \
+    "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" > "$tiers/s3.json"
+weed=/opt/ckptfs/seaweedfs/bin/weed
+"$weed" server -dir="$tiers/s3" -ip=127.0.0.1 -master.port=$((s3port + 1)) -master.telemetry=false \
+    -master.electionTimeout=500ms -volume.port=$((s3port + 2)) -volume.max=50 -filer.port=$((s3port + 3)) \
+    -s3 -s3.port="$s3port" -s3.config="$tiers/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 \
+    -s3.autoCreateBucket=false >"$tiers/weed.log" 2>&1 &
+weed_pid=$!
+for _ in $(seq 1 300); do
+    echo "s3.bucket.create -name ckpt-demo" | timeout 20 "$weed" shell -master="127.0.0.1:$((s3port + 1))" 2>/dev/null \
+        | grep -q "created bucket\|already exist" && break
+    sleep 0.2
+done
+
+say "mount ckptfs at $mnt with all three tiers (returns once the mount is live)"
 run ckptfs mount "$mnt" "${tier_flags[@]}"
 run ckptfs status "$mnt"
 
@@ -114,7 +150,7 @@ run ckptfs verify "$job"
 say "retention: the abandoned set is removed"
 run ckptfs prune "$job"
 
-say "the drain: every complete set to the PFS directory and to the DR site"
+say "the drain: every complete set to the PFS directory, the DR site and the S3 bucket"
 run ckptfs "${tier_flags[@]}" drain "$job" --wait --timeout 10m
 run ckptfs "${tier_flags[@]}" status
 echo "on the PFS, plain files:" >&2
@@ -138,6 +174,11 @@ run ckptfs ls "$job"
 say "restore from the DR site into a directory, verified chunk by chunk"
 run ckptfs "${tier_flags[@]}" restore "$job" --to "$tiers/restored" --from dr
 run cmp "$tiers/restored/rank-2.bin" "$tiers/original-rank-2.bin"
+echo "identical" >&2
+
+say "restore from the S3 bucket, verified chunk by chunk"
+run ckptfs "${tier_flags[@]}" restore "$job" --to "$tiers/restored-s3" --from s3
+run cmp "$tiers/restored-s3/rank-2.bin" "$tiers/original-rank-2.bin"
 echo "identical" >&2
 
 say "a flipped byte in the cache is caught (exit status 4)"
@@ -196,4 +237,4 @@ for j in "$job" "heat-$$" "heatref-$$" "count-$$"; do
         ckptfs rm "$j" "$s" >/dev/null
     done
 done
-echo "demo finished: every step above ran against a real mount, the real store in $cache, a PFS directory, a DR receiver, real gcc and real CRIU" >&2
+echo "demo finished: every step above ran against a real mount, the real store in $cache, a PFS directory, a DR receiver, an S3 object store, real gcc and real CRIU" >&2

@@ -181,6 +181,23 @@ fn drain(cache: &Path, env: &[(String, String)], flags: &[String]) -> String {
     ok(c)
 }
 
+/// `ckptfs restore sim [SET] --from FROM --to OUT` on a fresh cache.
+fn restore(
+    fresh: &Path,
+    env: &[(String, String)],
+    flags: &[String],
+    set: Option<&str>,
+    from: &str,
+    out: &Path,
+) -> Command {
+    let mut c = ckptfs(fresh, env, flags);
+    c.args(["restore", "sim"])
+        .args(set)
+        .args(["--from", from, "--to"])
+        .arg(out);
+    c
+}
+
 /// Keys under `prefix` of the bucket, as rclone lists them.
 fn keys(list: Output) -> Vec<String> {
     assert!(
@@ -348,6 +365,11 @@ fn the_server_killed_mid_upload_then_back_the_drain_completes_without_duplicates
         fs::read_to_string(&log).unwrap_or_default()
     );
 
+    let text = fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        text.contains("drain failed"),
+        "the push failed while the server was down and was resumed: {text}"
+    );
     let chunks = uploaded(&log);
     let mut unique = chunks.clone();
     unique.sort();
@@ -375,8 +397,7 @@ fn the_server_killed_mid_upload_then_back_the_drain_completes_without_duplicates
         );
     }
     let out = dir.path().join("restored");
-    let mut c = ckptfs(&dir.path().join("fresh"), &env, &flags);
-    c.args(["restore", "sim", "--from", "s3", "--to"]).arg(&out);
+    let c = restore(&dir.path().join("fresh"), &env, &flags, None, "s3", &out);
     ok(c);
     for f in &files {
         assert_same(f, &out.join(f.file_name().expect("name")));
@@ -428,9 +449,14 @@ fn a_chunk_overwritten_in_the_bucket_is_caught_and_the_next_tier_used() {
     );
 
     let out = dir.path().join("restored");
-    let mut c = ckptfs(&dir.path().join("fresh"), &env, &flags);
-    c.args(["restore", "sim", "--from", "s3,pfs", "--to"])
-        .arg(&out);
+    let c = restore(
+        &dir.path().join("fresh"),
+        &env,
+        &flags,
+        None,
+        "s3,pfs",
+        &out,
+    );
     let r = run(c);
     let stderr = String::from_utf8_lossy(&r.stderr);
     let stdout = String::from_utf8_lossy(&r.stdout);
@@ -444,9 +470,7 @@ fn a_chunk_overwritten_in_the_bucket_is_caught_and_the_next_tier_used() {
 
     // Alone, the S3 tier refuses: nothing half-restored is offered.
     let out2 = dir.path().join("restored2");
-    let mut c = ckptfs(&dir.path().join("fresh2"), &env, &flags);
-    c.args(["restore", "sim", "--from", "s3", "--to"])
-        .arg(&out2);
+    let c = restore(&dir.path().join("fresh2"), &env, &flags, None, "s3", &out2);
     let r = run(c);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("s3://ckpt/flip/chunks/"));
@@ -495,9 +519,14 @@ fn keep_n_on_s3_removes_manifests_first_and_only_unneeded_chunks() {
     // The two kept sets restore whole; step-1's own chunks are gone.
     for (v, set) in [(1usize, "step-2"), (2, "step-3")] {
         let out = dir.path().join(format!("out-{set}"));
-        let mut c = ckptfs(&dir.path().join(format!("fresh-{set}")), &env, &flags);
-        c.args(["restore", "sim", set, "--from", "s3", "--to"])
-            .arg(&out);
+        let c = restore(
+            &dir.path().join(format!("fresh-{set}")),
+            &env,
+            &flags,
+            Some(set),
+            "s3",
+            &out,
+        );
         ok(c);
         assert_same(&versions[v], &out.join("rank-0.bin"));
     }
@@ -590,14 +619,9 @@ fn bad_buckets_keys_and_endpoints_fail_clearly_and_lose_nothing() {
     ]);
     assert!(up.status.success());
     let out = dir.path().join("out");
-    let mut c = ckptfs(
-        &dir.path().join("fresh"),
-        &env,
-        &s3_flags(&weed.endpoint(), "g"),
-    );
-    c.args(["restore", "sim", "step-1", "--from", "s3", "--to"])
-        .arg(&out);
-    let r = run(c);
+    let fresh = dir.path().join("fresh");
+    let g = s3_flags(&weed.endpoint(), "g");
+    let r = run(restore(&fresh, &env, &g, Some("step-1"), "s3", &out));
     assert!(!r.status.success());
     let said = String::from_utf8_lossy(&r.stderr);
     assert!(said.contains("s3://ckpt/g/sets/sim/step-1"), "{said}");
@@ -613,14 +637,8 @@ fn bad_buckets_keys_and_endpoints_fail_clearly_and_lose_nothing() {
         &format!("s3:{BUCKET}/g/sets/sim/step-1"),
     ]);
     assert!(up.status.success());
-    let mut c = ckptfs(
-        &dir.path().join("fresh"),
-        &env,
-        &s3_flags(&weed.endpoint(), "g"),
-    );
-    c.args(["restore", "sim", "step-1", "--from", "s3", "--to"])
-        .arg(&out);
-    let r = run(c);
+    let g = s3_flags(&weed.endpoint(), "g");
+    let r = run(restore(&fresh, &env, &g, Some("step-1"), "s3", &out));
     assert!(!r.status.success());
     let said = String::from_utf8_lossy(&r.stderr);
     assert!(
@@ -663,8 +681,7 @@ fn large_objects_go_up_in_parts_and_come_back_whole() {
         .count();
     assert!(big >= 2, "{}", String::from_utf8_lossy(&sizes.stdout));
     let out = dir.path().join("restored");
-    let mut c = ckptfs(&dir.path().join("fresh"), &env, &flags);
-    c.args(["restore", "sim", "--from", "s3", "--to"]).arg(&out);
+    let c = restore(&dir.path().join("fresh"), &env, &flags, None, "s3", &out);
     ok(c);
     assert_same(&files[0], &out.join("rank-0.bin"));
 }
@@ -713,8 +730,7 @@ fn a_volume_server_killed_during_the_drain_of_a_replicated_cluster() {
         fs::read_to_string(&log).unwrap_or_default()
     );
     let out = dir.path().join("restored");
-    let mut c = ckptfs(&dir.path().join("fresh"), &env, &flags);
-    c.args(["restore", "sim", "--from", "s3", "--to"]).arg(&out);
+    let c = restore(&dir.path().join("fresh"), &env, &flags, None, "s3", &out);
     ok(c);
     for f in &files {
         assert_same(f, &out.join(f.file_name().expect("name")));

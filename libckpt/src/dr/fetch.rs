@@ -7,14 +7,13 @@
 //! [`TierError::Corrupt`] naming the file and chunk; a broken connection is
 //! re-opened and the file goes on from the first piece not yet received.
 
-use std::io::{self, Read};
 use std::path::Path;
 
 use super::blob::ChunkHash;
 use super::client::{tier_error, DrTier, Session};
 use super::conn::Conn;
 use super::error::DrError;
-use super::piece::{self, Piece};
+use super::piece::{self, Piece, PieceRead, Pieces};
 use super::proto::{ChunkRef, ErrorKind, MsgType, SetRef};
 use super::record::{RecordError, SetRecord};
 use crate::durable;
@@ -83,7 +82,7 @@ pub(crate) fn fetch(
             durable::create_dir_all_durable(parent, 0o700)
                 .map_err(|e| TierError::local(parent, e))?;
         }
-        let mut reader = PieceReader {
+        let reader = PieceReader {
             s: &mut s,
             job,
             set,
@@ -92,12 +91,10 @@ pub(crate) fn fetch(
             pieces: piece::pieces(file).collect(),
             sent: 0,
             got: 0,
-            cur: Vec::new(),
-            pos: 0,
             checker: piece::Checker::default(),
-            failure: None,
             progress,
         };
+        let mut reader = PieceRead::new(reader);
         let written = engine.write_file(&to, file.mode, &mut reader, file.chunk_size);
         let failure = reader.failure.take();
         let digest = match written {
@@ -144,11 +141,7 @@ struct PieceReader<'s, 't, 'a> {
     sent: usize,
     /// Pieces received and checked.
     got: usize,
-    cur: Vec<u8>,
-    pos: usize,
     checker: piece::Checker,
-    /// Why reading stopped, for the caller (a `Read` can only say "error").
-    failure: Option<TierError>,
     progress: &'a dyn Fn(u64),
 }
 
@@ -170,7 +163,7 @@ impl PieceReader<'_, '_, '_> {
         self.hashes.get(i).copied().unwrap_or(ChunkHash([0; 32]))
     }
 
-    fn next_piece(&mut self) -> Result<Vec<u8>, TierError> {
+    fn fetch_piece(&mut self) -> Result<Vec<u8>, TierError> {
         let piece = self.pieces[self.got];
         loop {
             let mut conn = match self.s.take() {
@@ -234,30 +227,11 @@ impl PieceReader<'_, '_, '_> {
     }
 }
 
-impl Read for PieceReader<'_, '_, '_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if let Some(f) = &self.failure {
-            return Err(io::Error::other(f.to_string()));
+impl Pieces for PieceReader<'_, '_, '_> {
+    fn next_piece(&mut self) -> Result<Option<Vec<u8>>, TierError> {
+        if self.got == self.pieces.len() {
+            return Ok(None);
         }
-        while self.pos == self.cur.len() {
-            if self.got == self.pieces.len() {
-                return Ok(0);
-            }
-            match self.next_piece() {
-                Ok(raw) => {
-                    self.cur = raw;
-                    self.pos = 0;
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    self.failure = Some(e);
-                    return Err(io::Error::other(message));
-                }
-            }
-        }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        self.fetch_piece().map(Some)
     }
 }

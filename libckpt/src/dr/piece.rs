@@ -134,6 +134,58 @@ pub fn read_batches(
     Ok(read)
 }
 
+/// Where a fetch gets one file's pieces from, in order, each checked.
+pub trait Pieces {
+    /// The next piece's raw bytes; `None` after the last.
+    fn next_piece(&mut self) -> Result<Option<Vec<u8>>, TierError>;
+}
+
+/// A file's bytes read from its [`Pieces`], for the I/O engine to write.
+/// A `Read` can only say "error": the reason is kept in `failure`.
+pub struct PieceRead<P> {
+    pub pieces: P,
+    cur: Vec<u8>,
+    pos: usize,
+    pub failure: Option<TierError>,
+}
+
+impl<P> PieceRead<P> {
+    pub fn new(pieces: P) -> PieceRead<P> {
+        PieceRead {
+            pieces,
+            cur: Vec::new(),
+            pos: 0,
+            failure: None,
+        }
+    }
+}
+
+impl<P: Pieces> std::io::Read for PieceRead<P> {
+    fn read(&mut self, out: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(f) = &self.failure {
+            return Err(std::io::Error::other(f.to_string()));
+        }
+        while self.pos == self.cur.len() {
+            match self.pieces.next_piece() {
+                Ok(Some(raw)) => {
+                    self.cur = raw;
+                    self.pos = 0;
+                }
+                Ok(None) => return Ok(0),
+                Err(e) => {
+                    let message = e.to_string();
+                    self.failure = Some(e);
+                    return Err(std::io::Error::other(message));
+                }
+            }
+        }
+        let n = out.len().min(self.cur.len() - self.pos);
+        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
 /// Checks one file's pieces as they arrive, in order, from any tier that
 /// stores blobs: the blob against its own header, its hash against the
 /// set record's, its length against the piece, and each chunk's crc32c

@@ -8,14 +8,13 @@
 //! naming the file, chunk and object key, so the caller can turn to the
 //! next tier.
 
-use std::io::{self, Read};
 use std::path::Path;
 
 use futures::StreamExt;
 
 use super::{S3Tier, TIER};
 use crate::dr::blob::ChunkHash;
-use crate::dr::piece::{self, Checker, Piece};
+use crate::dr::piece::{self, Checker, Piece, PieceRead, Pieces};
 use crate::durable;
 use crate::io::IoEngine;
 use crate::manifest::{FileEntry, Manifest};
@@ -109,20 +108,18 @@ fn fetch_file(
                 }
             })
         });
-        let mut reader = BlobReader {
+        let reader = BlobReader {
             rx,
             file,
             pieces,
             hashes,
             got: 0,
-            cur: Vec::new(),
-            pos: 0,
             checker: Checker::default(),
-            failure: None,
             progress,
             corrupt,
             tier,
         };
+        let mut reader = PieceRead::new(reader);
         let written = engine.write_file(&to, file.mode, &mut reader, file.chunk_size);
         let failure = reader.failure.take();
         // The producer stops once nobody takes its pieces.
@@ -158,18 +155,17 @@ struct BlobReader<'a> {
     pieces: &'a [Piece],
     hashes: &'a [ChunkHash],
     got: usize,
-    cur: Vec<u8>,
-    pos: usize,
     checker: Checker,
-    failure: Option<TierError>,
     progress: &'a dyn Fn(u64),
     corrupt: &'a (dyn Fn(u64, String) -> TierError + Sync),
     tier: &'a S3Tier,
 }
 
-impl BlobReader<'_> {
-    fn next_piece(&mut self) -> Result<Vec<u8>, TierError> {
-        let piece = self.pieces[self.got];
+impl Pieces for BlobReader<'_> {
+    fn next_piece(&mut self) -> Result<Option<Vec<u8>>, TierError> {
+        let Some(&piece) = self.pieces.get(self.got) else {
+            return Ok(None);
+        };
         let blob = match self.rx.blocking_recv() {
             Some(r) => r?,
             None => {
@@ -195,34 +191,6 @@ impl BlobReader<'_> {
             })?;
         self.got += 1;
         (self.progress)(raw.len() as u64);
-        Ok(raw)
-    }
-}
-
-impl Read for BlobReader<'_> {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        if let Some(f) = &self.failure {
-            return Err(io::Error::other(f.to_string()));
-        }
-        while self.pos == self.cur.len() {
-            if self.got == self.pieces.len() {
-                return Ok(0);
-            }
-            match self.next_piece() {
-                Ok(raw) => {
-                    self.cur = raw;
-                    self.pos = 0;
-                }
-                Err(e) => {
-                    let message = e.to_string();
-                    self.failure = Some(e);
-                    return Err(io::Error::other(message));
-                }
-            }
-        }
-        let n = out.len().min(self.cur.len() - self.pos);
-        out[..n].copy_from_slice(&self.cur[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        Ok(Some(raw))
     }
 }
