@@ -21,6 +21,7 @@
 //! rounds is reported. The C programs are compiled with the machine's `cc`
 //! against the libckpt.so found with --lib. Nothing here asserts a time.
 
+use crate::host::tree_bytes;
 use std::fmt::Write as _;
 use std::fs;
 use std::io;
@@ -439,19 +440,6 @@ fn remove(p: &Path) -> anyhow::Result<()> {
 fn reset(p: &Path) -> anyhow::Result<()> {
     remove(p)?;
     fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))
-}
-
-fn tree_bytes(p: &Path) -> u64 {
-    let Ok(rd) = fs::read_dir(p) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
-            _ => 0,
-        })
-        .sum()
 }
 
 fn fmt_round<T: Copy>(xs: &[Option<T>], f: impl Fn(T) -> String) -> String {

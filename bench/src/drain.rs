@@ -24,6 +24,8 @@
 //! within a round, then the median over rounds is reported. Nothing here
 //! asserts a time: the figures are for people.
 
+use crate::host::{default_ckptfs, remove_dir, tree_bytes, Scratch};
+use crate::report::{cells, mib, opt, verdict};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
@@ -48,7 +50,7 @@ use crate::stats::{mb_per_s, median, median_ratio};
 const MIB: u64 = 1 << 20;
 /// The store's chunk size (ckptfs's default), and the unit of change of
 /// the second set.
-const CHUNK: u64 = MIB;
+pub(crate) const CHUNK: u64 = MIB;
 /// Files per set: one per "rank".
 const FILES: u64 = 8;
 const JOB: &str = "dbench";
@@ -57,9 +59,9 @@ const SET_B: &str = "b";
 /// The set the writer benchmark writes while the drain runs.
 const SET_W: &str = "w";
 /// Share of set B's chunks that differ from set A's.
-const CHANGED_PERCENT: u64 = 10;
+pub(crate) const CHANGED_PERCENT: u64 = 10;
 /// Bump when the generator changes: data kept with --keep-data is redone.
-const GENERATOR: &str = "ckpt-bench drain data v2";
+pub(crate) const GENERATOR: &str = "ckpt-bench drain data v2";
 const FSTYPE: &str = "fuse.ckptfs";
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -159,7 +161,7 @@ impl Bench {
 
 /// What a run of chunks holds, as a simulation's checkpoint would.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     /// f64 field: smooth in space plus noise in the low mantissa bits.
     F64,
     /// f32 field stored with 14 significant mantissa bits.
@@ -194,7 +196,7 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-fn seed(parts: &[u64]) -> u64 {
+pub(crate) fn seed(parts: &[u64]) -> u64 {
     parts.iter().fold(0x5eed_c4e7_f500_0000, |h, p| {
         mix(h ^ p.wrapping_mul(0x9e37_79b9_7f4a_7c15))
     })
@@ -221,7 +223,7 @@ impl Rng {
 
 /// The layout of one file: a run of arrays, each of one kind and 1–24
 /// chunks long. Per chunk: its kind and its index within its array.
-fn layout(file: u64, chunks: u64) -> Vec<(Kind, u64)> {
+pub(crate) fn layout(file: u64, chunks: u64) -> Vec<(Kind, u64)> {
     let mut rng = Rng(seed(&[1, file]));
     let mut out = Vec::with_capacity(chunks as usize);
     while (out.len() as u64) < chunks {
@@ -378,7 +380,7 @@ fn changed_chunks(chunks_per_file: u64) -> Vec<Vec<bool>> {
     out
 }
 
-fn rank_name(f: u64) -> String {
+pub(crate) fn rank_name(f: u64) -> String {
     format!("rank-{f:02}.bin")
 }
 
@@ -469,7 +471,7 @@ impl Data {
     }
 }
 
-fn write_file(
+pub(crate) fn write_file(
     path: &Path,
     file: u64,
     layout: &[(Kind, u64)],
@@ -1100,53 +1102,6 @@ fn timed_sync() -> f64 {
     start.elapsed().as_secs_f64()
 }
 
-fn remove_dir(p: &Path) -> anyhow::Result<()> {
-    match fs::remove_dir_all(p) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
-    }
-}
-
-/// Bytes of the regular files under `p`.
-fn tree_bytes(p: &Path) -> u64 {
-    let Ok(rd) = fs::read_dir(p) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
-            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
-            _ => 0,
-        })
-        .sum()
-}
-
-/// The work directory of one step: removed (and its frees synced) when
-/// the step ends, whichever way.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(p: PathBuf) -> anyhow::Result<Scratch> {
-        remove_dir(&p)?;
-        fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
-        Ok(Scratch(p))
-    }
-
-    fn join(&self, s: &str) -> PathBuf {
-        self.0.join(s)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = remove_dir(&self.0) {
-            eprintln!("ckpt-bench drain: {e:#}");
-        }
-        settle();
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The benchmarks.
 // ---------------------------------------------------------------------------
@@ -1660,11 +1615,6 @@ impl Ctx<'_> {
     }
 }
 
-fn default_ckptfs() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("locating ckpt-bench")?;
-    Ok(me.with_file_name("ckptfs"))
-}
-
 pub fn run(args: &Args) -> anyhow::Result<()> {
     ensure!(
         args.size >= FILES * CHUNK && args.size.is_multiple_of(FILES * CHUNK),
@@ -1817,29 +1767,6 @@ struct Info<'a> {
     ckptfs: String,
     rsync: String,
     zstd: Option<u64>,
-}
-
-fn cells(v: &[Option<f64>], f: impl Fn(f64) -> String) -> String {
-    v.iter()
-        .map(|x| x.map_or("–".into(), &f))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
-    v.map_or("–".into(), f)
-}
-
-fn verdict(met: Option<bool>) -> &'static str {
-    match met {
-        Some(true) => "**met**",
-        Some(false) => "**missed**",
-        None => "not measured",
-    }
-}
-
-fn mib(b: f64) -> String {
-    format!("{:.1}", b / MIB as f64)
 }
 
 fn markdown(args: &Args, info: &Info<'_>, data: &Data, fig: &Figures) -> String {

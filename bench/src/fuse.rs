@@ -8,6 +8,7 @@
 //! memory is read from `/proc` around each load. Nothing here asserts a
 //! time: the figures are for people.
 
+use crate::host::default_ckptfs;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io;
@@ -776,11 +777,6 @@ struct DaemonReport {
     idle: Rss,
     end: Rss,
     counters: Value,
-}
-
-fn default_ckptfs() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("locating ckpt-bench")?;
-    Ok(me.with_file_name("ckptfs"))
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {

@@ -53,3 +53,57 @@ pub fn run_ok(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
     }
     Ok(out.stdout)
 }
+
+/// The `ckptfs` binary beside this harness's own (same build profile).
+pub fn default_ckptfs() -> anyhow::Result<std::path::PathBuf> {
+    let me = std::env::current_exe().context("locating ckpt-bench")?;
+    Ok(me.with_file_name("ckptfs"))
+}
+
+/// Remove a directory tree; one that is not there is fine.
+pub fn remove_dir(p: &Path) -> anyhow::Result<()> {
+    match fs::remove_dir_all(p) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("removing {}", p.display())),
+    }
+}
+
+/// Bytes of the regular files under `p`.
+pub fn tree_bytes(p: &Path) -> u64 {
+    let Ok(rd) = fs::read_dir(p) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => tree_bytes(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+/// The work directory of one step: removed (and its frees synced) when
+/// the step ends, whichever way.
+pub struct Scratch(pub std::path::PathBuf);
+
+impl Scratch {
+    pub fn new(p: std::path::PathBuf) -> anyhow::Result<Scratch> {
+        remove_dir(&p)?;
+        fs::create_dir_all(&p).with_context(|| format!("creating {}", p.display()))?;
+        Ok(Scratch(p))
+    }
+
+    pub fn join(&self, s: &str) -> std::path::PathBuf {
+        self.0.join(s)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = remove_dir(&self.0) {
+            eprintln!("ckpt-bench: {e:#}");
+        }
+        settle();
+    }
+}

@@ -12,6 +12,7 @@ mod fuse;
 mod host;
 mod machine;
 mod report;
+mod s3;
 mod stats;
 
 use std::path::PathBuf;
@@ -35,6 +36,7 @@ enum Command {
     Drain(drain::Args),
     E2e(e2e::Args),
     Fuse(fuse::Args),
+    S3(s3::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -53,6 +55,7 @@ fn main() -> anyhow::Result<()> {
         Command::Drain(args) => drain::run(&args),
         Command::E2e(args) => e2e::run(&args),
         Command::Fuse(args) => fuse::run(&args),
+        Command::S3(args) => s3::run(&args),
     }
 }
 
