@@ -24,7 +24,7 @@
 //! within a round, then the median over rounds is reported. Nothing here
 //! asserts a time: the figures are for people.
 
-use crate::host::{default_ckptfs, remove_dir, tree_bytes, Scratch};
+use crate::host::{ckptfs_bin, remove_dir, require_root, tree_bytes, Scratch};
 use crate::report::{cells, mib, opt, verdict};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -361,8 +361,8 @@ fn fill(buf: &mut [u8], file: u64, chunk: u64, kind: Kind, index: u64, version: 
 /// The chunks of set B that differ from set A's: exactly
 /// `CHANGED_PERCENT` % of all chunks, chosen among those that are not
 /// all-zero (a zero chunk "changed" to zeros would not be a change).
-fn changed_chunks(chunks_per_file: u64) -> Vec<Vec<bool>> {
-    let layouts: Vec<_> = (0..FILES).map(|f| layout(f, chunks_per_file)).collect();
+pub(crate) fn changed_chunks(files: u64, chunks_per_file: u64) -> Vec<Vec<bool>> {
+    let layouts: Vec<_> = (0..files).map(|f| layout(f, chunks_per_file)).collect();
     let mut candidates: Vec<(u64, u64, u64)> = Vec::new();
     for (f, l) in layouts.iter().enumerate() {
         for (c, (kind, _)) in l.iter().enumerate() {
@@ -372,12 +372,17 @@ fn changed_chunks(chunks_per_file: u64) -> Vec<Vec<bool>> {
         }
     }
     candidates.sort_unstable();
-    let want = (FILES * chunks_per_file * CHANGED_PERCENT).div_ceil(100) as usize;
-    let mut out = vec![vec![false; chunks_per_file as usize]; FILES as usize];
+    let want = (files * chunks_per_file * CHANGED_PERCENT).div_ceil(100) as usize;
+    let mut out = vec![vec![false; chunks_per_file as usize]; files as usize];
     for (_, f, c) in candidates.into_iter().take(want) {
         out[f as usize][c as usize] = true;
     }
     out
+}
+
+/// The files of a set of `files` ranks in `dir`.
+pub(crate) fn set_files(dir: &Path, files: u64) -> Vec<PathBuf> {
+    (0..files).map(|f| dir.join(rank_name(f))).collect()
 }
 
 pub(crate) fn rank_name(f: u64) -> String {
@@ -386,25 +391,38 @@ pub(crate) fn rank_name(f: u64) -> String {
 
 /// Sets A and B in `data/{a,b}/rank-NN.bin`, made unless a previous run
 /// with the same parameters left them (`--keep-data`).
-struct Data {
-    a: PathBuf,
-    b: PathBuf,
-    size: u64,
-    chunks: u64,
-    changed: u64,
+pub(crate) struct Data {
+    pub(crate) a: PathBuf,
+    pub(crate) b: PathBuf,
+    pub(crate) size: u64,
+    pub(crate) chunks: u64,
+    pub(crate) changed: u64,
+    /// Files of set B with at least one changed chunk.
+    pub(crate) changed_files: u64,
     /// Chunks of each kind in set A.
-    kinds: Vec<(Kind, u64)>,
+    pub(crate) kinds: Vec<(Kind, u64)>,
 }
 
 impl Data {
     fn files(dir: &Path) -> Vec<PathBuf> {
-        (0..FILES).map(|f| dir.join(rank_name(f))).collect()
+        set_files(dir, FILES)
     }
 
     fn prepare(root: &Path, size: u64) -> anyhow::Result<Data> {
-        let chunks_per_file = size / FILES / CHUNK;
-        let layouts: Vec<_> = (0..FILES).map(|f| layout(f, chunks_per_file)).collect();
-        let changed = changed_chunks(chunks_per_file);
+        Data::generate(root, size, FILES, "drain")
+    }
+
+    /// Sets A and B of `files` files, `size` bytes each set, under `root`;
+    /// `harness` names the caller in messages.
+    pub(crate) fn generate(
+        root: &Path,
+        size: u64,
+        files: u64,
+        harness: &str,
+    ) -> anyhow::Result<Data> {
+        let chunks_per_file = size / files / CHUNK;
+        let layouts: Vec<_> = (0..files).map(|f| layout(f, chunks_per_file)).collect();
+        let changed = changed_chunks(files, chunks_per_file);
         let kinds = KINDS
             .iter()
             .map(|(k, _)| {
@@ -416,19 +434,23 @@ impl Data {
             a: root.join(SET_A),
             b: root.join(SET_B),
             size,
-            chunks: FILES * chunks_per_file,
+            chunks: files * chunks_per_file,
             changed: changed.iter().flatten().filter(|c| **c).count() as u64,
+            changed_files: changed.iter().filter(|f| f.iter().any(|c| *c)).count() as u64,
             kinds,
         };
         let stamp = root.join("STAMP");
-        let want = format!("{GENERATOR} size={size} files={FILES} chunk={CHUNK}\n");
+        let want = format!("{GENERATOR} size={size} files={files} chunk={CHUNK}\n");
         if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str())
-            && Data::files(&data.a)
+            && set_files(&data.a, files)
                 .iter()
-                .chain(&Data::files(&data.b))
-                .all(|p| fs::metadata(p).is_ok_and(|m| m.len() == size / FILES))
+                .chain(&set_files(&data.b, files))
+                .all(|p| fs::metadata(p).is_ok_and(|m| m.len() == size / files))
         {
-            eprintln!("ckpt-bench drain: reusing the data in {}", root.display());
+            eprintln!(
+                "ckpt-bench {harness}: reusing the data in {}",
+                root.display()
+            );
             return Ok(data);
         }
         remove_dir(root)?;
@@ -441,7 +463,7 @@ impl Data {
                 .map(|w| {
                     let (layouts, changed, data) = (&layouts, &changed, &data);
                     s.spawn(move || -> anyhow::Result<()> {
-                        for f in (w..FILES).step_by(workers as usize) {
+                        for f in (w..files).step_by(workers as usize) {
                             write_file(&data.a.join(rank_name(f)), f, &layouts[f as usize], None)?;
                             write_file(
                                 &data.b.join(rank_name(f)),
@@ -463,7 +485,7 @@ impl Data {
         settle();
         fs::write(&stamp, want)?;
         eprintln!(
-            "ckpt-bench drain: generated 2 × {} in {:.1} s",
+            "ckpt-bench {harness}: generated 2 × {} in {:.1} s",
             ByteSize(size),
             start.elapsed().as_secs_f64()
         );
@@ -1621,24 +1643,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "--size must be a positive whole number of 8 MiB (8 files of whole 1 MiB chunks), got {}",
         args.size
     );
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "ckpt-bench drain mounts filesystems and drops the page cache: run it as root"
-    );
+    require_root("ckpt-bench drain mounts filesystems and drops the page cache")?;
     let mut only = args.only.clone();
     only.sort();
     only.dedup();
     ensure!(!only.is_empty(), "no benchmark to run");
-    let bin = match &args.ckptfs {
-        Some(p) => p.clone(),
-        None => default_ckptfs()?,
-    };
-    ensure!(
-        bin.is_file(),
-        "no ckptfs binary at {} (build it, or give --ckptfs)",
-        bin.display()
-    );
+    let bin = ckptfs_bin(args.ckptfs.as_deref())?;
 
     fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args
@@ -2112,7 +2122,7 @@ mod tests {
 
     #[test]
     fn exactly_ten_percent_change_and_never_a_zero_chunk() {
-        let ch = changed_chunks(256);
+        let ch = changed_chunks(FILES, 256);
         let n: usize = ch.iter().flatten().filter(|c| **c).count();
         assert_eq!(n, (8 * 256 * 10usize).div_ceil(100));
         for (f, row) in ch.iter().enumerate() {

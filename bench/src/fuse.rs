@@ -8,7 +8,7 @@
 //! memory is read from `/proc` around each load. Nothing here asserts a
 //! time: the figures are for people.
 
-use crate::host::default_ckptfs;
+use crate::host::{ckptfs_bin, require_root};
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io;
@@ -786,24 +786,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         args.size
     );
     ensure!(args.file_size > 0, "--file-size must be positive");
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "ckpt-bench fuse mounts filesystems and drops the page cache: run it as root"
-    );
+    require_root("ckpt-bench fuse mounts filesystems and drops the page cache")?;
     let mut benches = args.only.clone();
     benches.sort();
     benches.dedup();
     ensure!(!benches.is_empty(), "no benchmarks to run");
-    let bin = match &args.ckptfs {
-        Some(p) => p.clone(),
-        None => default_ckptfs()?,
-    };
-    ensure!(
-        bin.is_file(),
-        "{} not found: build it (`cargo build --release -p ckptfs`) or pass --ckptfs PATH",
-        bin.display()
-    );
+    let bin = ckptfs_bin(args.ckptfs.as_deref())?;
 
     fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args

@@ -60,6 +60,29 @@ pub fn default_ckptfs() -> anyhow::Result<std::path::PathBuf> {
     Ok(me.with_file_name("ckptfs"))
 }
 
+/// The ckptfs binary to measure: `given` (`--ckptfs`), else the one
+/// beside this harness; it must exist.
+pub fn ckptfs_bin(given: Option<&Path>) -> anyhow::Result<std::path::PathBuf> {
+    let bin = match given {
+        Some(p) => p.to_owned(),
+        None => default_ckptfs()?,
+    };
+    anyhow::ensure!(
+        bin.is_file(),
+        "no ckptfs binary at {}: build it (`cargo build --release -p ckptfs`) or give --ckptfs PATH",
+        bin.display()
+    );
+    Ok(bin)
+}
+
+/// Refuse to run unless root: `why` says what the harness does that needs it.
+pub fn require_root(why: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
+    let uid = unsafe { libc::geteuid() };
+    anyhow::ensure!(uid == 0, "{why}: run it as root");
+    Ok(())
+}
+
 /// Remove a directory tree; one that is not there is fine.
 pub fn remove_dir(p: &Path) -> anyhow::Result<()> {
     match fs::remove_dir_all(p) {

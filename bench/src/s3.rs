@@ -25,7 +25,7 @@
 //! server share the cores, and neighbours show up as "others". Nothing here asserts a time: the figures are for
 //! people.
 
-use crate::host::{default_ckptfs, remove_dir, tree_bytes, Scratch};
+use crate::host::{ckptfs_bin, remove_dir, require_root, tree_bytes, Scratch};
 use crate::report::{cells, mib, opt, verdict};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -48,7 +48,7 @@ use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig,
 };
 
-use crate::drain::{layout, rank_name, seed, write_file, Kind, CHANGED_PERCENT, CHUNK};
+use crate::drain::{seed, Data, CHUNK};
 use crate::host::{log_tail, quiesce, run_ok, settle};
 use crate::machine::{self, Machine};
 use crate::stats::{mb_per_s, median, median_ratio};
@@ -60,8 +60,6 @@ const JOB: &str = "s3bench";
 const SET_A: &str = "s1";
 const SET_B: &str = "s2";
 const BUCKET: &str = "ckpt-bench";
-/// Bump when the data changes: data kept with --keep-data is redone.
-const GENERATOR: &str = "ckpt-bench s3 data v1";
 /// Pause before each timed transfer; see [`quiesce`].
 const QUIET: Duration = Duration::from_secs(5);
 /// Longest the server may take to serve S3 requests.
@@ -167,106 +165,9 @@ impl Bench {
 // The data: drain's generator, in 4 files.
 // ---------------------------------------------------------------------------
 
-/// Set B's changed chunks: exactly `CHANGED_PERCENT` % of all chunks, none
-/// of them all-zero; drain's selection, over `FILES` files.
-fn changed_chunks(chunks_per_file: u64) -> Vec<Vec<bool>> {
-    let mut candidates: Vec<(u64, u64, u64)> = Vec::new();
-    for f in 0..FILES {
-        for (c, (kind, _)) in layout(f, chunks_per_file).iter().enumerate() {
-            if *kind != Kind::Zero {
-                candidates.push((seed(&[4, f, c as u64]), f, c as u64));
-            }
-        }
-    }
-    candidates.sort_unstable();
-    let want = (FILES * chunks_per_file * CHANGED_PERCENT).div_ceil(100) as usize;
-    let mut out = vec![vec![false; chunks_per_file as usize]; FILES as usize];
-    for (_, f, c) in candidates.into_iter().take(want) {
-        out[f as usize][c as usize] = true;
-    }
-    out
-}
-
-/// Sets A and B in `data/{a,b}/rank-NN.bin`.
-struct Data {
-    a: PathBuf,
-    b: PathBuf,
-    size: u64,
-    chunks: u64,
-    changed: u64,
-    /// Files of set B with at least one changed chunk.
-    changed_files: u64,
-}
-
-impl Data {
-    fn files(dir: &Path) -> Vec<PathBuf> {
-        (0..FILES).map(|f| dir.join(rank_name(f))).collect()
-    }
-
-    fn prepare(root: &Path, size: u64) -> anyhow::Result<Data> {
-        let per_file = size / FILES / CHUNK;
-        let changed = changed_chunks(per_file);
-        let data = Data {
-            a: root.join("a"),
-            b: root.join("b"),
-            size,
-            chunks: FILES * per_file,
-            changed: changed.iter().flatten().filter(|c| **c).count() as u64,
-            changed_files: changed.iter().filter(|f| f.iter().any(|c| *c)).count() as u64,
-        };
-        let stamp = root.join("STAMP");
-        let want = format!(
-            "{GENERATOR} ({}) size={size} files={FILES} chunk={CHUNK}\n",
-            crate::drain::GENERATOR
-        );
-        if fs::read_to_string(&stamp).ok().as_deref() == Some(want.as_str())
-            && Data::files(&data.a)
-                .iter()
-                .chain(&Data::files(&data.b))
-                .all(|p| fs::metadata(p).is_ok_and(|m| m.len() == size / FILES))
-        {
-            eprintln!("ckpt-bench s3: reusing the data in {}", root.display());
-            return Ok(data);
-        }
-        remove_dir(root)?;
-        fs::create_dir_all(&data.a)?;
-        fs::create_dir_all(&data.b)?;
-        let start = Instant::now();
-        let workers = thread::available_parallelism().map_or(1, |n| n.get()) as u64;
-        thread::scope(|s| -> anyhow::Result<()> {
-            let handles: Vec<_> = (0..workers)
-                .map(|w| {
-                    let (changed, data) = (&changed, &data);
-                    s.spawn(move || -> anyhow::Result<()> {
-                        for f in (w..FILES).step_by(workers as usize) {
-                            let l = layout(f, per_file);
-                            write_file(&data.a.join(rank_name(f)), f, &l, None)?;
-                            write_file(
-                                &data.b.join(rank_name(f)),
-                                f,
-                                &l,
-                                Some(&changed[f as usize]),
-                            )?;
-                        }
-                        Ok(())
-                    })
-                })
-                .collect();
-            for h in handles {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("a generator thread panicked"))??;
-            }
-            Ok(())
-        })?;
-        settle();
-        fs::write(&stamp, want)?;
-        eprintln!(
-            "ckpt-bench s3: generated 2 × {} in {:.1} s",
-            ByteSize(size),
-            start.elapsed().as_secs_f64()
-        );
-        Ok(data)
-    }
+/// Sets A and B: drain's generator over `FILES` files.
+fn set_files(dir: &Path) -> Vec<PathBuf> {
+    crate::drain::set_files(dir, FILES)
 }
 
 // ---------------------------------------------------------------------------
@@ -933,7 +834,7 @@ impl Ckptfs {
             self.cmd(cache, prefix)
                 .arg("put")
                 .arg(JOB)
-                .args(Data::files(src))
+                .args(set_files(src))
                 .arg("--set")
                 .arg(set),
         )?;
@@ -1095,7 +996,7 @@ fn same_files(want: &Path, got: &Path) -> anyhow::Result<bool> {
         }
         None
     }
-    for w in Data::files(want) {
+    for w in set_files(want) {
         let Some(g) = w.file_name().and_then(|n| find(got, n)) else {
             return Ok(false);
         };
@@ -1316,7 +1217,7 @@ impl Ctx<'_> {
         quiesce(QUIET)?;
         let snap = Snap::now(self.server);
         let sent = self.client.raw_put(
-            &Data::files(&self.data.a),
+            &set_files(&self.data.a),
             prefix,
             self.args.parallel as usize,
         )?;
@@ -1446,24 +1347,12 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         "--size must be a positive whole number of 4 MiB (4 files of whole 1 MiB chunks), got {}",
         args.size
     );
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    ensure!(
-        unsafe { libc::geteuid() } == 0,
-        "ckpt-bench s3 drops the page cache between transfers: run it as root"
-    );
+    require_root("ckpt-bench s3 drops the page cache between transfers")?;
     let mut only = args.only.clone();
     only.sort();
     only.dedup();
     ensure!(!only.is_empty(), "no benchmark to run");
-    let bin = match &args.ckptfs {
-        Some(p) => p.clone(),
-        None => default_ckptfs()?,
-    };
-    ensure!(
-        bin.is_file(),
-        "no ckptfs binary at {} (build it, or give --ckptfs)",
-        bin.display()
-    );
+    let bin = ckptfs_bin(args.ckptfs.as_deref())?;
     let weed = find_weed(args.weed.as_deref())?;
     let rclone = Rclone::version();
     ensure!(
@@ -1510,7 +1399,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         ..args.clone()
     };
     let result = (|| -> anyhow::Result<String> {
-        let data = Data::prepare(&data_dir, args.size)?;
+        let data = Data::generate(&data_dir, args.size, FILES, "s3")?;
         let config = work.join("ckptfs.toml");
         fs::write(&config, "# ckpt-bench s3: ckptfs's built-in defaults\n")?;
         let mut fig = Figures {
@@ -1851,9 +1740,11 @@ fn markdown(args: &Args, info: &Info<'_>, data: &Data, fig: &Figures) -> String 
 mod tests {
     use super::*;
 
+    use crate::drain::{layout, Kind};
+
     #[test]
     fn exactly_ten_percent_change_over_four_files_and_never_a_zero_chunk() {
-        let ch = changed_chunks(128);
+        let ch = crate::drain::changed_chunks(FILES, 128);
         let n: usize = ch.iter().flatten().filter(|c| **c).count();
         assert_eq!(n, (4 * 128 * 10usize).div_ceil(100));
         assert_eq!(ch.len(), FILES as usize);

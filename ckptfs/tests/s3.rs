@@ -111,6 +111,13 @@ fn scratch(name: &str) -> tempfile::TempDir {
         .expect("scratch dir")
 }
 
+/// A SeaweedFS server for one test, with the test bucket.
+fn server(dir: &Path) -> Weed {
+    let weed = Weed::start(&dir.join("weed"));
+    weed.create_bucket(BUCKET);
+    weed
+}
+
 /// The flags that point ckptfs at `prefix` of the test bucket.
 fn s3_flags(endpoint: &str, prefix: &str) -> Vec<String> {
     [
@@ -223,8 +230,7 @@ fn lsf(weed: &Weed, prefix: &str) -> Vec<String> {
 #[test]
 fn a_2gib_set_drains_to_s3_and_restores_on_an_empty_node() {
     let dir = scratch("2g");
-    let weed = Weed::start(&dir.path().join("weed"));
-    weed.create_bucket(BUCKET);
+    let weed = server(dir.path());
     let env = weed.env();
     let flags = s3_flags(&weed.endpoint(), "big");
     let files = make_files(&dir.path().join("data"), 4, 512 << 20, 1);
@@ -255,8 +261,7 @@ fn a_2gib_set_drains_to_s3_and_restores_on_an_empty_node() {
 #[test]
 fn a_mount_on_an_empty_node_lists_and_stages_in_from_s3() {
     let dir = scratch("mount");
-    let weed = Weed::start(&dir.path().join("weed"));
-    weed.create_bucket(BUCKET);
+    let weed = server(dir.path());
     let flags = s3_flags(&weed.endpoint(), "mnt");
     let mut opts = Opts::new(DataPath::Passthrough);
     for f in &flags {
@@ -302,8 +307,7 @@ fn a_mount_on_an_empty_node_lists_and_stages_in_from_s3() {
 #[test]
 fn the_server_killed_mid_upload_then_back_the_drain_completes_without_duplicates() {
     let dir = scratch("kill");
-    let mut weed = Weed::start(&dir.path().join("weed"));
-    weed.create_bucket(BUCKET);
+    let mut weed = server(dir.path());
     let env = weed.env();
     let mut flags = s3_flags(&weed.endpoint(), "kill");
     // Few retries per request, so the push itself fails and the drain's
@@ -407,8 +411,7 @@ fn the_server_killed_mid_upload_then_back_the_drain_completes_without_duplicates
 #[test]
 fn a_chunk_overwritten_in_the_bucket_is_caught_and_the_next_tier_used() {
     let dir = scratch("flip");
-    let weed = Weed::start(&dir.path().join("weed"));
-    weed.create_bucket(BUCKET);
+    let weed = server(dir.path());
     let env = weed.env();
     let pfs = dir.path().join("pfs");
     fs::create_dir(&pfs).expect("mkdir pfs");
@@ -479,8 +482,7 @@ fn a_chunk_overwritten_in_the_bucket_is_caught_and_the_next_tier_used() {
 #[test]
 fn keep_n_on_s3_removes_manifests_first_and_only_unneeded_chunks() {
     let dir = scratch("keep");
-    let weed = Weed::start(&dir.path().join("weed"));
-    weed.create_bucket(BUCKET);
+    let weed = server(dir.path());
     let env = weed.env();
     let mut flags = s3_flags(&weed.endpoint(), "keep");
     flags.extend(["--s3-keep".to_owned(), "2".to_owned()]);
@@ -539,8 +541,7 @@ fn keep_n_on_s3_removes_manifests_first_and_only_unneeded_chunks() {
 #[test]
 fn bad_buckets_keys_and_endpoints_fail_clearly_and_lose_nothing() {
     let dir = scratch("bad");
-    let weed = Weed::start(&dir.path().join("weed"));
-    weed.create_bucket(BUCKET);
+    let weed = server(dir.path());
     let env = weed.env();
     let cache = dir.path().join("cache");
     let files = make_files(&dir.path().join("data"), 1, 2 << 20, 5);
@@ -651,8 +652,7 @@ fn bad_buckets_keys_and_endpoints_fail_clearly_and_lose_nothing() {
 #[test]
 fn large_objects_go_up_in_parts_and_come_back_whole() {
     let dir = scratch("multipart");
-    let weed = Weed::start(&dir.path().join("weed"));
-    weed.create_bucket(BUCKET);
+    let weed = server(dir.path());
     let env = weed.env();
     let mut flags = s3_flags(&weed.endpoint(), "mp");
     flags.extend(["--s3-multipart-threshold", "5MiB", "--s3-part-size", "5MiB"].map(String::from));
