@@ -215,7 +215,17 @@ pub fn run(config: &Config, req: MountRequest, ready: Option<Readiness>) -> Resu
     if let Some(r) = ready {
         r.ready();
     }
-    let result = session.run();
+    let result = match session.run() {
+        // The kernel tore the connection down rather than unmounting
+        // cleanly: seen after a forced unmount detached the mount with a
+        // file still open, once that file was closed. The mount is gone
+        // either way; that is the end of serving, not a failure.
+        Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {
+            tracing::info!(error = %e, "the kernel ended the FUSE connection");
+            Ok(())
+        }
+        r => r,
+    };
     stop.store(true, Ordering::Relaxed);
     if let Some(d) = &daemon.drain {
         // A push in progress is journaled: the next start resumes it.
