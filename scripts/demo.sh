@@ -221,7 +221,9 @@ kill -9 "$counter"
 wait "$counter" 2>/dev/null || true
 killed_lines=$(wc -l < "$tiers/count.log")
 echo "the dump was taken at about count $dumped; the process went on to $(tail -n1 "$tiers/count.log") and was killed" >&2
-run ckptfs ls "count-$$"
+# The newest complete dump anywhere: once drained to every tier, a cache
+# above its high watermark may already have evicted it (restore stages it in).
+run ckptfs "${tier_flags[@]}" latest "count-$$"
 run ckptfs-restore "count-$$" --detach
 sleep 0.5
 echo "the restored process's first counts: $(sed -n "$((killed_lines + 1)),$((killed_lines + 3))p" "$tiers/count.log" | tr '\n' ' ')(it goes on from the dump)" >&2
