@@ -26,7 +26,8 @@
 
 use crate::host::{ckptfs_bin, remove_dir, require_root, tree_bytes, Scratch};
 use crate::report::{cells, mib, opt, verdict};
-use std::collections::{BTreeMap, HashMap};
+use crate::stats::Figures;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
@@ -45,7 +46,7 @@ use serde_json::Value;
 
 use crate::host::{log_tail, quiesce, run_ok, settle};
 use crate::machine::{self, Machine};
-use crate::stats::{mb_per_s, median, median_ratio};
+use crate::stats::mb_per_s;
 
 const MIB: u64 = 1 << 20;
 /// The store's chunk size (ckptfs's default), and the unit of change of
@@ -1128,36 +1129,6 @@ fn timed_sync() -> f64 {
 // The benchmarks.
 // ---------------------------------------------------------------------------
 
-/// Per-round figures, by name; `None` where a variant did not run.
-struct Figures {
-    runs: usize,
-    m: BTreeMap<&'static str, Vec<Option<f64>>>,
-}
-
-impl Figures {
-    fn put(&mut self, key: &'static str, round: usize, v: f64) {
-        let runs = self.runs;
-        self.m.entry(key).or_insert_with(|| vec![None; runs])[round] = Some(v);
-    }
-
-    fn get(&self, key: &str) -> Vec<Option<f64>> {
-        self.m
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| vec![None; self.runs])
-    }
-
-    fn median(&self, key: &str) -> Option<f64> {
-        let v: Vec<f64> = self.get(key).into_iter().flatten().collect();
-        median(&v)
-    }
-
-    /// Median over rounds of `a / b`.
-    fn ratio(&self, a: &str, b: &str) -> Option<f64> {
-        median_ratio(&self.get(a), &self.get(b))
-    }
-}
-
 struct Ctx<'a> {
     args: &'a Args,
     ck: &'a Ckptfs,
@@ -1707,10 +1678,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             tiers: tiers.clone(),
             logs: logs.clone(),
             rsyncd: None,
-            fig: Figures {
-                runs: args.runs as usize,
-                m: BTreeMap::new(),
-            },
+            fig: Figures::new(args.runs as usize),
         };
         let mut rsync = String::new();
         if ctx.has(Bench::Push) || ctx.has(Bench::Delta) {

@@ -27,7 +27,8 @@
 
 use crate::host::{ckptfs_bin, remove_dir, require_root, tree_bytes, Scratch};
 use crate::report::{cells, mib, opt, verdict};
-use std::collections::{BTreeMap, HashMap};
+use crate::stats::Figures;
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -51,7 +52,7 @@ use object_store::{
 use crate::drain::{seed, Data, CHUNK};
 use crate::host::{log_tail, quiesce, run_ok, settle};
 use crate::machine::{self, Machine};
-use crate::stats::{mb_per_s, median, median_ratio};
+use crate::stats::mb_per_s;
 
 const MIB: u64 = 1 << 20;
 /// Files per set: one per "rank".
@@ -1019,44 +1020,12 @@ fn same_files(want: &Path, got: &Path) -> anyhow::Result<bool> {
 // The benchmarks.
 // ---------------------------------------------------------------------------
 
-/// Per-round figures, by name; `None` where a variant did not run.
-struct Figures {
-    runs: usize,
-    m: BTreeMap<String, Vec<Option<f64>>>,
-}
-
-impl Figures {
-    fn put(&mut self, key: &str, round: usize, v: f64) {
-        let runs = self.runs;
-        self.m
-            .entry(key.to_owned())
-            .or_insert_with(|| vec![None; runs])[round] = Some(v);
-    }
-
-    /// `key.{secs,client,server,others}`.
-    fn put_usage(&mut self, key: &str, round: usize, u: &Usage) {
-        self.put(&format!("{key}.secs"), round, u.secs);
-        self.put(&format!("{key}.client"), round, u.client_cpu);
-        self.put(&format!("{key}.server"), round, u.server_cpu);
-        self.put(&format!("{key}.others"), round, u.others_cpu);
-    }
-
-    fn get(&self, key: &str) -> Vec<Option<f64>> {
-        self.m
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| vec![None; self.runs])
-    }
-
-    fn median(&self, key: &str) -> Option<f64> {
-        let v: Vec<f64> = self.get(key).into_iter().flatten().collect();
-        median(&v)
-    }
-
-    /// Median over rounds of `a / b`.
-    fn ratio(&self, a: &str, b: &str) -> Option<f64> {
-        median_ratio(&self.get(a), &self.get(b))
-    }
+/// `key.{secs,client,server,others}` of one transfer.
+fn put_usage(fig: &mut Figures, key: &str, round: usize, u: &Usage) {
+    fig.put(&format!("{key}.secs"), round, u.secs);
+    fig.put(&format!("{key}.client"), round, u.client_cpu);
+    fig.put(&format!("{key}.server"), round, u.server_cpu);
+    fig.put(&format!("{key}.others"), round, u.others_cpu);
 }
 
 struct Ctx<'a> {
@@ -1109,7 +1078,7 @@ impl Ctx<'_> {
             self.server,
         )?;
         let (objects_a, stored_a) = self.client.usage(prefix)?;
-        self.fig.put_usage("push.ckptfs", round, &d.usage);
+        put_usage(self.fig, "push.ckptfs", round, &d.usage);
         self.fig.put("push.ckptfs.stored", round, stored_a as f64);
         self.fig.put("push.ckptfs.objects", round, objects_a as f64);
         if let Some((_, sent, _)) = d.report {
@@ -1138,7 +1107,7 @@ impl Ctx<'_> {
             )?;
             let (objects_b, stored_b) = self.client.usage(prefix)?;
             let grown = stored_b.saturating_sub(stored_a);
-            self.fig.put_usage("delta.ckptfs", round, &d.usage);
+            put_usage(self.fig, "delta.ckptfs", round, &d.usage);
             self.fig.put("delta.ckptfs.grown", round, grown as f64);
             self.fig.put(
                 "delta.ckptfs.new_objects",
@@ -1179,7 +1148,7 @@ impl Ctx<'_> {
             "rclone stored {stored} bytes of {}",
             self.data.size
         );
-        self.fig.put_usage("push.rclone", round, &u);
+        put_usage(self.fig, "push.rclone", round, &u);
         self.fig.put("push.rclone.stored", round, stored as f64);
         self.say(
             round,
@@ -1197,7 +1166,7 @@ impl Ctx<'_> {
             self.rclone.upload(&self.data.b, prefix)?;
             let u = snap.usage(self.server);
             let (_, stored) = self.client.usage(prefix)?;
-            self.fig.put_usage("delta.rclone", round, &u);
+            put_usage(self.fig, "delta.rclone", round, &u);
             self.fig.put("delta.rclone.stored", round, stored as f64);
             self.say(
                 round,
@@ -1228,7 +1197,7 @@ impl Ctx<'_> {
             self.data.size
         );
         let (objects, stored) = self.client.usage(prefix)?;
-        self.fig.put_usage("push.raw", round, &u);
+        put_usage(self.fig, "push.raw", round, &u);
         self.fig.put("push.raw.stored", round, stored as f64);
         self.say(
             round,
@@ -1288,7 +1257,7 @@ impl Ctx<'_> {
                 "{name} restored files that differ from set {set}"
             );
         }
-        self.fig.put_usage(&format!("restore.{name}"), round, &u);
+        put_usage(self.fig, &format!("restore.{name}"), round, &u);
         self.say(
             round,
             &format!(
@@ -1402,10 +1371,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         let data = Data::generate(&data_dir, args.size, FILES, "s3")?;
         let config = work.join("ckptfs.toml");
         fs::write(&config, "# ckpt-bench s3: ckptfs's built-in defaults\n")?;
-        let mut fig = Figures {
-            runs: args.runs as usize,
-            m: BTreeMap::new(),
-        };
+        let mut fig = Figures::new(args.runs as usize);
         let mut ckptfs_version = String::new();
         for round in 0..args.runs as usize {
             let creds = Creds::random()?;

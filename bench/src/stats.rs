@@ -37,6 +37,46 @@ pub fn mb_per_s(bytes: u64, secs: f64) -> f64 {
     bytes as f64 / 1e6 / secs
 }
 
+/// Per-round figures of a harness, by name; `None` where a variant did not
+/// run in a round.
+pub struct Figures {
+    runs: usize,
+    m: std::collections::BTreeMap<String, Vec<Option<f64>>>,
+}
+
+impl Figures {
+    pub fn new(runs: usize) -> Figures {
+        Figures {
+            runs,
+            m: std::collections::BTreeMap::new(),
+        }
+    }
+
+    pub fn put(&mut self, key: &str, round: usize, v: f64) {
+        let runs = self.runs;
+        self.m
+            .entry(key.to_owned())
+            .or_insert_with(|| vec![None; runs])[round] = Some(v);
+    }
+
+    pub fn get(&self, key: &str) -> Vec<Option<f64>> {
+        self.m
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| vec![None; self.runs])
+    }
+
+    pub fn median(&self, key: &str) -> Option<f64> {
+        let v: Vec<f64> = self.get(key).into_iter().flatten().collect();
+        median(&v)
+    }
+
+    /// Median over rounds of `a / b`.
+    pub fn ratio(&self, a: &str, b: &str) -> Option<f64> {
+        median_ratio(&self.get(a), &self.get(b))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,6 +188,22 @@ fn drain(cache: &Path, env: &[(String, String)], flags: &[String]) -> String {
     ok(c)
 }
 
+/// `ckptfs drain --wait` in the background, logging each chunk uploaded
+/// (debug) to `log`.
+fn drain_in_background(
+    cache: &Path,
+    env: &[(String, String)],
+    flags: &[String],
+    log: &Path,
+) -> common::Proc {
+    let mut c = ckptfs(cache, env, flags);
+    c.env("RUST_LOG", "info,libckpt::s3=debug")
+        .args(["drain", "--wait", "--timeout", "600s"])
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(log).expect("log file"));
+    common::Proc::spawn(c)
+}
+
 /// `ckptfs restore sim [SET] --from FROM --to OUT` on a fresh cache.
 fn restore(
     fresh: &Path,
@@ -328,12 +344,7 @@ fn the_server_killed_mid_upload_then_back_the_drain_completes_without_duplicates
     put(&cache, &env, "sim", "step-1", &files);
 
     let log = dir.path().join("drain.log");
-    let mut c = ckptfs(&cache, &env, &flags);
-    c.env("RUST_LOG", "info,libckpt::s3=debug")
-        .args(["drain", "--wait", "--timeout", "600s"])
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("log file"));
-    let mut child = common::Proc::spawn(c);
+    let mut child = drain_in_background(&cache, &env, &flags, &log);
     let uploaded = |log: &Path| -> Vec<String> {
         fs::read_to_string(log)
             .unwrap_or_default()
@@ -697,13 +708,8 @@ fn a_volume_server_killed_during_the_drain_of_a_replicated_cluster() {
     let cache = dir.path().join("cache");
     put(&cache, &env, "sim", "step-1", &files);
     let log = dir.path().join("drain.log");
-    let mut c = ckptfs(&cache, &env, &flags);
-    c.env("RUST_LOG", "info,libckpt::s3=debug")
-        .args(["drain", "--wait", "--timeout", "600s"])
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(&log).expect("log file"));
     let started = Instant::now();
-    let mut child = common::Proc::spawn(c);
+    let mut child = drain_in_background(&cache, &env, &flags, &log);
     common::wait_until(Duration::from_secs(120), "the drain under way", || {
         fs::read_to_string(&log)
             .unwrap_or_default()

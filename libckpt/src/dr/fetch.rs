@@ -20,7 +20,7 @@ use crate::durable;
 use crate::io::IoEngine;
 use crate::manifest::{FileEntry, Manifest, ManifestError};
 use crate::path::{JobName, SetName};
-use crate::tier::{Corruption, TierError};
+use crate::tier::TierError;
 
 /// Pieces asked for ahead of the one being written.
 const WINDOW: usize = 16;
@@ -108,18 +108,17 @@ pub(crate) fn fetch(
         // stopped short.
         if digest.size != file.size || file.digest().first_mismatch(&digest).is_some() {
             let chunk = file.digest().first_mismatch(&digest).unwrap_or(0) as u64;
-            return Err(TierError::Corrupt(Box::new(Corruption {
-                tier: "dr".into(),
-                job: job.clone(),
-                set: set.clone(),
-                file: file.path.to_string(),
+            return Err(TierError::corrupt(
+                "dr",
+                job,
+                set,
+                file,
                 chunk,
-                offset: chunk * file.chunk_size,
-                detail: format!(
+                format!(
                     "{} bytes written, the manifest says {}",
                     digest.size, file.size
                 ),
-            })));
+            ));
         }
         let _ = std::fs::File::options()
             .write(true)
@@ -147,15 +146,7 @@ struct PieceReader<'s, 't, 'a> {
 
 impl PieceReader<'_, '_, '_> {
     fn corrupt(&self, piece: &Piece, detail: String) -> TierError {
-        TierError::Corrupt(Box::new(Corruption {
-            tier: "dr".into(),
-            job: self.job.clone(),
-            set: self.set.clone(),
-            file: self.file.path.to_string(),
-            chunk: piece.chunk,
-            offset: piece.chunk * self.file.chunk_size,
-            detail,
-        }))
+        TierError::corrupt("dr", self.job, self.set, self.file, piece.chunk, detail)
     }
 
     fn hash(&self, i: usize) -> ChunkHash {

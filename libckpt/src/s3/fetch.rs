@@ -19,7 +19,7 @@ use crate::durable;
 use crate::io::IoEngine;
 use crate::manifest::{FileEntry, Manifest};
 use crate::path::{JobName, SetName};
-use crate::tier::{par_files, Corruption, TierError};
+use crate::tier::{par_files, TierError};
 
 pub(super) fn fetch(
     tier: &S3Tier,
@@ -68,17 +68,8 @@ fn fetch_file(
         durable::create_dir_all_durable(parent, 0o700).map_err(|e| TierError::local(parent, e))?;
     }
     let pieces: Vec<Piece> = piece::pieces(file).collect();
-    let corrupt = |chunk: u64, detail: String| {
-        TierError::Corrupt(Box::new(Corruption {
-            tier: TIER.into(),
-            job: m.job.clone(),
-            set: m.set.clone(),
-            file: file.path.to_string(),
-            chunk,
-            offset: chunk * file.chunk_size,
-            detail,
-        }))
-    };
+    let corrupt =
+        |chunk: u64, detail: String| TierError::corrupt(TIER, &m.job, &m.set, file, chunk, detail);
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, TierError>>(parallel);
     let (pieces, corrupt) = (&pieces, &corrupt);
     std::thread::scope(|scope| {

@@ -76,6 +76,29 @@ pub struct Corruption {
     pub detail: String,
 }
 
+impl TierError {
+    /// Chunk `chunk` of `file` in set `job`/`set` on `tier` does not match
+    /// its manifest: `detail` says how.
+    pub fn corrupt(
+        tier: &str,
+        job: &JobName,
+        set: &SetName,
+        file: &FileEntry,
+        chunk: u64,
+        detail: String,
+    ) -> TierError {
+        TierError::Corrupt(Box::new(Corruption {
+            tier: tier.to_owned(),
+            job: job.clone(),
+            set: set.clone(),
+            file: file.path.to_string(),
+            chunk,
+            offset: chunk * file.chunk_size,
+            detail,
+        }))
+    }
+}
+
 impl std::fmt::Display for Corruption {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
@@ -146,18 +169,17 @@ impl Source<'_> {
             let want = file.crc32c.get(*index as usize).copied();
             let got = crc32c::crc32c(buf);
             if want != Some(got) {
-                return Err(TierError::Corrupt(Box::new(Corruption {
-                    tier: "cache".into(),
-                    job: self.manifest.job.clone(),
-                    set: self.manifest.set.clone(),
-                    file: file.path.to_string(),
-                    chunk: *index,
-                    offset: *index * file.chunk_size,
-                    detail: format!(
+                return Err(TierError::corrupt(
+                    "cache",
+                    &self.manifest.job,
+                    &self.manifest.set,
+                    file,
+                    *index,
+                    format!(
                         "crc32c {got:08x}, manifest says {}",
                         want.map_or("nothing".into(), |w| format!("{w:08x}"))
                     ),
-                })));
+                ));
             }
             f(*index, buf)?;
             *index += 1;
@@ -401,17 +423,8 @@ fn copy_file_verified(
             crate::io::IoError::Source { source, .. } => unavailable(source),
             other => TierError::local(&to, other),
         })?;
-    let corrupt = |chunk: u64, detail: String| {
-        TierError::Corrupt(Box::new(Corruption {
-            tier: tier.to_owned(),
-            job: m.job.clone(),
-            set: m.set.clone(),
-            file: file.path.to_string(),
-            chunk,
-            offset: chunk * file.chunk_size,
-            detail,
-        }))
-    };
+    let corrupt =
+        |chunk: u64, detail: String| TierError::corrupt(tier, &m.job, &m.set, file, chunk, detail);
     if got.size != file.size {
         return Err(corrupt(
             got.size.min(file.size) / file.chunk_size,
