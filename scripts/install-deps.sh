@@ -5,8 +5,11 @@
 # (Debian 12's own criu is too old for this kernel).
 set -euo pipefail
 
+# The last line is the `rdma` feature's: rdma-sys binds libibverbs and
+# librdmacm with bindgen, which needs libclang.
 PACKAGES=(build-essential pkg-config ca-certificates coreutils util-linux fuse3 attr iproute2 nftables
-          gfortran openmpi-bin)
+          gfortran openmpi-bin
+          libibverbs-dev librdmacm-dev ibverbs-providers libclang1-14 libclang-common-14-dev)
 
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -11,6 +11,8 @@ mod e2e;
 mod fuse;
 mod host;
 mod machine;
+#[cfg(feature = "rdma")]
+mod rdma;
 mod report;
 mod s3;
 mod stats;
@@ -37,6 +39,10 @@ enum Command {
     E2e(e2e::Args),
     Fuse(fuse::Args),
     S3(s3::Args),
+    /// The DR transport over RDMA verbs (needs `--features rdma` and a
+    /// verbs device: run it in the soft-RoCE guest).
+    #[cfg(feature = "rdma")]
+    Rdma(rdma::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,6 +62,8 @@ fn main() -> anyhow::Result<()> {
         Command::E2e(args) => e2e::run(&args),
         Command::Fuse(args) => fuse::run(&args),
         Command::S3(args) => s3::run(&args),
+        #[cfg(feature = "rdma")]
+        Command::Rdma(args) => rdma::run(&args),
     }
 }
 

@@ -108,6 +108,24 @@ pub struct Global {
     #[arg(long, global = true, value_name = "N")]
     pub dr_zstd_level: Option<i32>,
 
+    /// Transport to the DR site, and for `serve` the ones it listens on:
+    /// auto (RDMA when a verbs device reaches the peer and it listens
+    /// over RDMA, else TCP; `serve` listens on both), tcp, or rdma. RDMA
+    /// needs a build with the `rdma` feature [config: dr.transport;
+    /// default auto].
+    #[arg(long, global = true, value_name = "auto|tcp|rdma")]
+    pub transport: Option<libckpt::dr::transport::Choice>,
+
+    /// Registered RDMA buffers per connection, each way
+    /// [config: dr.rdma_buffers; default 32].
+    #[arg(long, global = true, value_name = "N")]
+    pub rdma_buffers: Option<u16>,
+
+    /// Size of each registered RDMA buffer, 4 KiB–16 MiB
+    /// [config: dr.rdma_buffer_size; default 256 KiB].
+    #[arg(long, global = true, value_name = "SIZE")]
+    pub rdma_buffer_size: Option<ByteSize>,
+
     /// S3 tier: s3://BUCKET/PREFIX of any S3-compatible store; credentials
     /// come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the shared
     /// files (~/.aws/credentials), never from a flag
@@ -263,6 +281,9 @@ impl Global {
             dr_keep: self.dr_keep,
             dr_rate: self.dr_rate,
             dr_zstd_level: self.dr_zstd_level,
+            dr_transport: self.transport,
+            dr_rdma_buffers: self.rdma_buffers,
+            dr_rdma_buffer_size: self.rdma_buffer_size,
             s3: self.s3.clone(),
             s3_endpoint: self.s3_endpoint.clone(),
             s3_region: self.s3_region.clone(),

@@ -60,7 +60,7 @@ impl Ctx {
 pub fn run(cli: Cli) -> Result<Exit> {
     if let Command::Serve(args) = &cli.command {
         // The receiver has no cache: its flags are its whole configuration.
-        crate::serve::run(args)?;
+        crate::serve::run(args, &cli.global)?;
         return Ok(Exit::Ok);
     }
     let (config, source) = Config::discover(cli.global.config.as_deref())?;

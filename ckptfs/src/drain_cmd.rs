@@ -52,8 +52,11 @@ pub fn tier_line(t: &serde_json::Value) -> String {
     let rpo = t["rpo_exposure_seconds"]
         .as_u64()
         .map_or("none".to_owned(), |s| format!("{s} s"));
+    let via = t["transport"]
+        .as_str()
+        .map_or(String::new(), |t| format!(" over {t}"));
     format!(
-        "tier {} ({}): {} set(s) pending, {} pending, rate {rate}, RPO exposure {rpo}{}",
+        "tier {} ({}{via}): {} set(s) pending, {} pending, rate {rate}, RPO exposure {rpo}{}",
         t["tier"].as_str().unwrap_or("?"),
         t["location"].as_str().unwrap_or("?"),
         t["pending"].as_array().map_or(0, Vec::len),

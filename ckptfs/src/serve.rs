@@ -32,9 +32,23 @@ pub struct ServeArgs {
     pub key: PathBuf,
 }
 
-pub fn run(args: &ServeArgs) -> Result<()> {
+pub fn run(args: &ServeArgs, global: &crate::args::Global) -> Result<()> {
     let key = Key::load(&args.key)?;
-    let server = Server::bind(&args.listen, &args.root, key, ServerOptions::default())?;
+    // The receiver has no config file: the transport flags (shared with
+    // the client commands) are its transport settings, checked the same
+    // way a client's `[dr]` section is.
+    let dr = libckpt::config::Config::default()
+        .apply(&global.overrides())
+        .context("checking the transport flags")?
+        .dr
+        .transport();
+    let opts = ServerOptions {
+        transport: dr.choice,
+        rdma: dr.rdma,
+        ..ServerOptions::default()
+    };
+    let server = Server::bind(&args.listen, &args.root, key, opts)?;
+    let transports = server.transports();
     let addr = server.local_addr();
     let stop = server.shutdown_handle();
 
@@ -59,7 +73,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .context("starting the signal thread")?;
 
     eprintln!(
-        "ckptfs serve: listening on {addr} (root {})",
+        "ckptfs serve: listening on {addr} over {transports} (root {})",
         args.root.display()
     );
     let served = server.run();

@@ -215,16 +215,42 @@ pub struct DrConfig {
     pub rate: ByteSize,
     /// zstd level for chunks on the wire and at rest (1–19).
     pub zstd_level: i32,
+    /// `auto` (RDMA when a verbs device reaches the site, else TCP),
+    /// `tcp` or `rdma`.
+    pub transport: crate::dr::transport::Choice,
+    /// Registered buffers per RDMA connection, each way: the receive
+    /// depth (the peer's credits) and the sends in flight.
+    pub rdma_buffers: u16,
+    /// Size of each registered buffer: the largest RDMA message.
+    pub rdma_buffer_size: ByteSize,
 }
 
 impl Default for DrConfig {
     fn default() -> Self {
+        let rdma = crate::dr::transport::RdmaOptions::default();
         Self {
             address: None,
             key: PathBuf::from("/etc/ckptfs/dr.key"),
             keep: 10,
             rate: ByteSize::b(0),
             zstd_level: 3,
+            transport: crate::dr::transport::Choice::Auto,
+            rdma_buffers: rdma.recv_bufs,
+            rdma_buffer_size: ByteSize::b(rdma.buf_size.into()),
+        }
+    }
+}
+
+impl DrConfig {
+    /// The client's transport settings (validated by [`Config::validate`]).
+    pub fn transport(&self) -> crate::dr::Transport {
+        crate::dr::Transport {
+            choice: self.transport,
+            rdma: crate::dr::transport::RdmaOptions {
+                recv_bufs: self.rdma_buffers,
+                send_bufs: self.rdma_buffers,
+                buf_size: u32::try_from(self.rdma_buffer_size.as_u64()).unwrap_or(u32::MAX),
+            },
         }
     }
 }
@@ -402,6 +428,9 @@ pub struct Overrides {
     pub dr_keep: Option<usize>,
     pub dr_rate: Option<ByteSize>,
     pub dr_zstd_level: Option<i32>,
+    pub dr_transport: Option<crate::dr::transport::Choice>,
+    pub dr_rdma_buffers: Option<u16>,
+    pub dr_rdma_buffer_size: Option<ByteSize>,
     pub s3: Option<String>,
     pub s3_endpoint: Option<String>,
     pub s3_region: Option<String>,
@@ -543,6 +572,9 @@ impl Config {
         set(&mut self.dr.keep, o.dr_keep);
         set(&mut self.dr.rate, o.dr_rate);
         set(&mut self.dr.zstd_level, o.dr_zstd_level);
+        set(&mut self.dr.transport, o.dr_transport);
+        set(&mut self.dr.rdma_buffers, o.dr_rdma_buffers);
+        set(&mut self.dr.rdma_buffer_size, o.dr_rdma_buffer_size);
         let s3 = &mut self.s3;
         for (slot, v) in [
             (&mut s3.url, &o.s3),
@@ -683,6 +715,30 @@ impl Config {
                 "dr.zstd_level",
                 format!("{} is outside 1..=19", self.dr.zstd_level),
             );
+        }
+        {
+            use crate::dr::rdma::private::{MAX_BUF, MAX_BUFS, MIN_BUF, MIN_BUFS};
+            if !(MIN_BUFS..=MAX_BUFS).contains(&self.dr.rdma_buffers) {
+                return fail(
+                    "dr.rdma_buffers",
+                    format!(
+                        "{} is outside {MIN_BUFS}..={MAX_BUFS}",
+                        self.dr.rdma_buffers
+                    ),
+                );
+            }
+            let size = self.dr.rdma_buffer_size.as_u64();
+            if !(u64::from(MIN_BUF)..=u64::from(MAX_BUF)).contains(&size) {
+                return fail(
+                    "dr.rdma_buffer_size",
+                    format!(
+                        "{} is outside {}..={}",
+                        self.dr.rdma_buffer_size,
+                        ByteSize::b(MIN_BUF.into()),
+                        ByteSize::b(MAX_BUF.into())
+                    ),
+                );
+            }
         }
         if let Some(url) = &self.s3.url {
             if let Err(e) = crate::s3::S3Url::parse(url) {

@@ -975,4 +975,5 @@ macro_rules! both_paths {
 }
 
 pub mod netns;
+pub mod rdma;
 pub mod weed;

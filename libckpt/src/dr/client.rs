@@ -8,12 +8,14 @@
 //! retrying would not change it.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::auth::Key;
-use super::conn::{Conn, Retry};
+use super::conn::{Conn, Retry, Transport};
 use super::error::DrError;
 use super::proto::{Deleted, Empty, ErrorKind, JobRef, Jobs, MsgType, SetRef, Sets};
+use super::transport::InUse;
 use crate::io::IoEngine;
 use crate::manifest::{Manifest, ManifestError};
 use crate::path::{JobName, SetName};
@@ -31,6 +33,9 @@ pub struct DrTier {
     retry: Retry,
     connect_timeout: Duration,
     io_timeout: Duration,
+    transport: Transport,
+    /// What the last connection ran on, for `ckptfs status`.
+    last: Arc<Mutex<Option<InUse>>>,
 }
 
 impl DrTier {
@@ -55,6 +60,8 @@ impl DrTier {
             retry: Retry::default(),
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(300),
+            transport: Transport::default(),
+            last: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -72,12 +79,31 @@ impl DrTier {
         self
     }
 
+    /// Replace the transport (default: `auto` with default RDMA sizes).
+    pub fn with_transport(mut self, transport: Transport) -> DrTier {
+        self.transport = transport;
+        self
+    }
+
+    /// What the last connection ran on, and why; `None` before the first.
+    pub fn in_use(&self) -> Option<InUse> {
+        self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     pub fn zstd_level(&self) -> i32 {
         self.level
     }
 
     pub(crate) fn connect(&self) -> Result<Conn, DrError> {
-        Conn::open(&self.addr, &self.key, self.connect_timeout, self.io_timeout)
+        let conn = Conn::open(
+            &self.addr,
+            &self.key,
+            &self.transport,
+            self.connect_timeout,
+            self.io_timeout,
+        )?;
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.in_use());
+        Ok(conn)
     }
 
     pub(crate) fn session(&self) -> Session<'_> {
@@ -257,6 +283,10 @@ impl Tier for DrTier {
 
     fn location(&self) -> String {
         self.addr.clone()
+    }
+
+    fn transport(&self) -> Option<String> {
+        self.in_use().map(|t| t.to_string())
     }
 
     fn jobs(&self) -> Result<Vec<JobName>, TierError> {

@@ -1,8 +1,9 @@
-//! The client's connection to a DR server: connect, authenticate, then
-//! request and reply, with timeouts on every read and write.
+//! The client's connection to a DR server: connect (TCP or RDMA, see
+//! [`super::transport`]), authenticate, then request and reply, with
+//! timeouts on every read and write.
 
 use std::io::{BufReader, BufWriter, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::de::DeserializeOwned;
@@ -12,6 +13,15 @@ use super::auth::{self, Key};
 use super::error::DrError;
 use super::frame::{read_message, write_message, write_parts, FrameError, Message};
 use super::proto::{self, MsgType};
+use super::transport::{self, Choice, InUse, Io, RdmaOptions, Stream};
+
+/// How a client reaches its server: the configured transport and the
+/// RDMA sizes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transport {
+    pub choice: Choice,
+    pub rdma: RdmaOptions,
+}
 
 /// How hard a client tries before reporting the server unavailable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,62 +56,44 @@ impl Retry {
 
 /// An authenticated connection.
 pub struct Conn {
-    r: BufReader<TcpStream>,
-    w: BufWriter<TcpStream>,
+    r: BufReader<Io>,
+    w: BufWriter<Io>,
+    stream: Arc<dyn Stream>,
     peer: String,
 }
 
 impl Conn {
-    /// Connect to `addr` (`host:port`), trying each address it resolves
-    /// to, and authenticate with `key`.
+    /// Connect to `addr` (`host:port`) over the chosen transport, trying
+    /// each address it resolves to, and authenticate with `key`.
     pub fn open(
         addr: &str,
         key: &Key,
+        transport: &Transport,
         connect_timeout: Duration,
         io_timeout: Duration,
     ) -> Result<Conn, DrError> {
-        let addrs: Vec<_> = addr
-            .to_socket_addrs()
-            .map_err(|source| DrError::Resolve {
-                peer: addr.into(),
-                source,
-            })?
-            .collect();
-        let mut last =
-            std::io::Error::new(std::io::ErrorKind::NotFound, "it resolves to no address");
-        let mut stream = None;
-        for a in &addrs {
-            match TcpStream::connect_timeout(a, connect_timeout) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = e,
-            }
-        }
-        let Some(stream) = stream else {
-            return Err(DrError::Connect {
-                peer: addr.into(),
-                source: last,
-            });
-        };
-        let io = |source| {
+        let stream = transport::connect(addr, transport.choice, &transport.rdma, connect_timeout)?;
+        stream.set_timeout(io_timeout).map_err(|source| {
             DrError::Frame(FrameError::Io {
                 peer: addr.into(),
                 source,
             })
-        };
-        stream.set_nodelay(true).map_err(io)?;
-        stream.set_read_timeout(Some(io_timeout)).map_err(io)?;
-        stream.set_write_timeout(Some(io_timeout)).map_err(io)?;
+        })?;
+        let io = Io(stream.clone());
         let mut conn = Conn {
-            r: BufReader::with_capacity(256 << 10, stream.try_clone().map_err(io)?),
-            w: BufWriter::with_capacity(64 << 10, stream),
+            r: BufReader::with_capacity(256 << 10, io.clone()),
+            w: BufWriter::with_capacity(64 << 10, io),
+            stream,
             peer: addr.into(),
         };
         let server = auth::client_handshake(&mut conn.r, &mut conn.w, addr, key)?;
-        tracing::debug!(peer = addr, %server, "connected to the DR server");
+        tracing::debug!(peer = addr, %server, transport = %conn.stream.in_use(), "connected to the DR server");
         Ok(conn)
+    }
+
+    /// The transport this connection runs on.
+    pub fn in_use(&self) -> InUse {
+        self.stream.in_use()
     }
 
     pub fn peer(&self) -> &str {

@@ -53,6 +53,22 @@ pub enum DrError {
     },
     #[error("zstd level {level} is outside {min}..={max}")]
     Level { level: i32, min: i32, max: i32 },
+    /// Setting up or running an RDMA connection; `device` is empty when no
+    /// verbs device was reached.
+    #[error("RDMA to {peer}{}: {message}", device_note(device))]
+    Rdma {
+        peer: String,
+        device: String,
+        message: String,
+    },
+}
+
+fn device_note(device: &str) -> String {
+    if device.is_empty() {
+        String::new()
+    } else {
+        format!(" over {device}")
+    }
 }
 
 impl DrError {
@@ -60,10 +76,22 @@ impl DrError {
     /// after a pause, as opposed to a refusal that will not change.
     pub fn is_transient(&self) -> bool {
         match self {
-            DrError::Resolve { .. } | DrError::Connect { .. } => true,
+            // RDMA set-up fails the same ways a TCP connect does (peer
+            // down, route gone); a bad device shows up as the next try
+            // failing again, bounded by the retry policy.
+            DrError::Resolve { .. } | DrError::Connect { .. } | DrError::Rdma { .. } => true,
             DrError::Frame(f) => f.is_transport(),
             DrError::Remote { kind, .. } => kind.is_transient(),
             _ => false,
+        }
+    }
+
+    /// The error without the peer, for a one-line reason.
+    pub fn cause(&self) -> String {
+        match self {
+            DrError::Rdma { message, .. } => message.clone(),
+            DrError::Connect { source, .. } | DrError::Resolve { source, .. } => source.to_string(),
+            other => other.to_string(),
         }
     }
 }

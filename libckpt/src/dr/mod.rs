@@ -2,7 +2,7 @@
 //! disaster-recovery site, and [`DrTier`], the client that implements
 //! [`Tier`](crate::tier::Tier) against it.
 //!
-//! One framed, versioned protocol over TCP ([`frame`]), authenticated by a
+//! One framed, versioned protocol over TCP or RDMA ([`frame`], [`transport`]), authenticated by a
 //! mutual HMAC-SHA256 challenge over a shared key file ([`auth`]). Files
 //! travel as pieces (one per manifest chunk, [`piece`]) addressed by the
 //! BLAKE3 of their bytes and zstd-compressed on the wire and at rest
@@ -23,6 +23,7 @@
 //! | [`handler`] | the server's request handling, apart from sockets |
 //! | [`server`] | the accept loop and connection threads |
 //! | [`conn`], [`client`], [`push`], [`fetch`] | the client side |
+//! | [`transport`], [`rdma`] | the byte streams under the frames: TCP, RDMA verbs |
 
 pub mod auth;
 pub mod blob;
@@ -36,17 +37,19 @@ pub mod handler;
 pub mod piece;
 pub mod proto;
 mod push;
+pub mod rdma;
 pub mod record;
 pub mod server;
 pub mod setstore;
 mod syncer;
+pub mod transport;
 
 #[cfg(test)]
 mod tests;
 
 pub use auth::{Key, KeyError};
 pub use client::DrTier;
-pub use conn::Retry;
+pub use conn::{Retry, Transport};
 pub use error::DrError;
 pub use handler::{Repo, RepoOptions, StatsSnapshot};
 pub use server::{Server, ServerOptions, ShutdownHandle};

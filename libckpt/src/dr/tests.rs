@@ -791,11 +791,19 @@ fn conn_reports_the_peer() {
     let c = Conn::open(
         &server.addr.to_string(),
         &Key::load(&site.key).unwrap(),
+        &super::Transport::default(),
         Duration::from_secs(1),
         Duration::from_secs(1),
     )
     .unwrap();
     assert_eq!(c.peer(), server.addr.to_string());
+    // `auto` on a host without a verbs device (or a build without the
+    // feature) says why it fell back.
+    if super::transport::rdma_unavailable().is_some() {
+        let used = c.in_use();
+        assert_eq!(used.kind, "tcp");
+        assert!(!used.detail.is_empty(), "{used}");
+    }
 }
 
 /// Writes the fuzz seeds: `DR_FUZZ_SEEDS=$PWD/fuzz/seeds cargo test -p

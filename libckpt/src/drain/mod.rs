@@ -110,7 +110,7 @@ pub fn tiers_from_config(c: &crate::config::Config) -> Result<Tiers, TierError> 
     }
     if let Some(addr) = &c.dr.address {
         out.push((
-            dr_tier(addr, &c.dr.key, c.dr.zstd_level)?,
+            dr_tier(addr, &c.dr.key, c.dr.zstd_level, c.dr.transport())?,
             TierPolicy {
                 keep: c.dr.keep,
                 rate: rate(c.dr.rate),
@@ -137,9 +137,14 @@ pub fn tiers_from_config(c: &crate::config::Config) -> Result<Tiers, TierError> 
 
 /// The DR tier client; the key file is read (and its mode checked) here,
 /// so a bad key is reported at start, not at the first drain.
-fn dr_tier(addr: &str, key: &std::path::Path, level: i32) -> Result<Arc<dyn Tier>, TierError> {
+fn dr_tier(
+    addr: &str,
+    key: &std::path::Path,
+    level: i32,
+    transport: crate::dr::Transport,
+) -> Result<Arc<dyn Tier>, TierError> {
     crate::dr::DrTier::new(addr.to_owned(), key, level)
-        .map(|t| Arc::new(t) as Arc<dyn Tier>)
+        .map(|t| Arc::new(t.with_transport(transport)) as Arc<dyn Tier>)
         .map_err(|e| TierError::Refused {
             tier: "dr".into(),
             message: e.to_string(),
@@ -242,6 +247,8 @@ pub struct DoneSet {
 pub struct TierStatus {
     pub tier: String,
     pub location: String,
+    /// See [`Tier::transport`].
+    pub transport: Option<String>,
     pub rate_limit: Option<u64>,
     pub pending: Vec<PendingSet>,
     /// Complete sets of the cache already safe on this tier.
@@ -830,6 +837,7 @@ impl Drain {
                     done,
                     tier: slot.tier.name().to_owned(),
                     location: slot.tier.location(),
+                    transport: slot.tier.transport(),
                     rate_limit: slot.policy.rate,
                     bytes_pending: pending.iter().map(|p| p.bytes).sum::<u64>()
                         - done_in_flight

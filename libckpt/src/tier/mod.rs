@@ -260,6 +260,12 @@ pub trait Tier: Send + Sync {
     fn name(&self) -> &str;
     /// Where it is, for messages: a directory or `host:port`.
     fn location(&self) -> String;
+    /// For a networked tier, the transport its last connection used and
+    /// why ("rdma (rxe0)", "tcp (no RDMA device)"); `None` otherwise or
+    /// before the first connection.
+    fn transport(&self) -> Option<String> {
+        None
+    }
     /// Jobs with at least one complete set.
     fn jobs(&self) -> Result<Vec<JobName>, TierError>;
     /// Complete sets of `job`, oldest first.
