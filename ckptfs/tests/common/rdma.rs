@@ -43,9 +43,10 @@ pub fn setup(test: &str) -> Option<String> {
         Ok(ip) => Some(ip),
         Err(why) => {
             eprintln!(
-                "{test}: skipped ({why}). These tests need a verbs device: run them in the \
-                 soft-RoCE guest with `bash scripts/rdma-guest.sh test` (the README's test \
-                 command does)."
+                "{test}: skipped ({why}). These tests need a verbs device and the `rdma` \
+                 feature: `bash scripts/test.sh` runs them in a soft-RoCE QEMU guest; on a \
+                 host with a device, `cargo test -p ckptfs --features rdma --test rdma \
+                 --test rdma_verbs`."
             );
             None
         }
