@@ -42,7 +42,22 @@ impl Pool {
             )
         };
         if mr.is_null() {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            let what = format!(
+                "registering {} of buffers",
+                bytesize::ByteSize::b(mem.len() as u64)
+            );
+            // Registered memory is locked memory: the usual cause.
+            return Err(match e.raw_os_error() {
+                Some(libc::ENOMEM | libc::EPERM | libc::EAGAIN) => io::Error::new(
+                    e.kind(),
+                    format!(
+                        "{what}: {e}; raise the locked-memory limit (`ulimit -l`, or \
+                         LimitMEMLOCK= in a systemd unit) or lower --rdma-buffers"
+                    ),
+                ),
+                _ => io::Error::new(e.kind(), format!("{what}: {e}")),
+            });
         }
         Ok(Pool { mem, mr, size })
     }
