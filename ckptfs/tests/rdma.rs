@@ -474,3 +474,34 @@ fn the_smallest_buffers_still_move_a_set() {
     let to = restore_from_dr(&site, "rdma", "sim", "step-1");
     assert_restored(&to, "data", &files);
 }
+
+/// A device that reaches the peer is not enough: a receiver listening on
+/// TCP only (`serve --transport tcp`) rejects the RDMA connection, and
+/// `auto` drains over TCP, saying why.
+#[test]
+fn auto_uses_tcp_when_the_receiver_does_not_listen_over_rdma() {
+    let Some(ip) = setup("auto_uses_tcp_when_the_receiver_does_not_listen_over_rdma") else {
+        return;
+    };
+    let site = Site::new(&ip, 7477, "tcp");
+    assert!(
+        site.logs().contains("over tcp (root"),
+        "serve --transport tcp should listen on TCP only:\n{}",
+        site.logs()
+    );
+    let cache = site.path("cache");
+    let files = write_files(&site.path("data"), 2, MIB, 7);
+    put(&cache, "sim", "step-1", &site.path("data"));
+    let out = site.cli(
+        &cache,
+        &["drain", "--wait", "--timeout", "5m", "--transport", "auto"],
+    );
+    let text = netns::describe(&out);
+    assert!(out.status.success(), "drain: {text}");
+    assert!(
+        text.contains("over tcp (RDMA failed: the peer rejected the connection"),
+        "the status does not say RDMA was tried and why TCP was used: {text}"
+    );
+    let to = restore_from_dr(&site, "auto", "sim", "step-1");
+    assert_restored(&to, "data", &files);
+}

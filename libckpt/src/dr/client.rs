@@ -9,13 +9,13 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::auth::Key;
 use super::conn::{Conn, Retry, Transport};
 use super::error::DrError;
 use super::proto::{Deleted, Empty, ErrorKind, JobRef, Jobs, MsgType, SetRef, Sets};
-use super::transport::InUse;
+use super::transport::{Choice, InUse};
 use crate::io::IoEngine;
 use crate::manifest::{Manifest, ManifestError};
 use crate::path::{JobName, SetName};
@@ -36,7 +36,12 @@ pub struct DrTier {
     transport: Transport,
     /// What the last connection ran on, for `ckptfs status`.
     last: Arc<Mutex<Option<InUse>>>,
+    /// When and why RDMA last failed in `auto`.
+    rdma_failed: Arc<Mutex<Option<(Instant, String)>>>,
 }
+
+/// How long `auto` uses TCP after an RDMA attempt failed.
+pub const RDMA_RETRY_AFTER: Duration = Duration::from_secs(60);
 
 impl DrTier {
     /// A tier talking to the server at `addr` (`host:port`) with the key in
@@ -62,6 +67,7 @@ impl DrTier {
             io_timeout: Duration::from_secs(300),
             transport: Transport::default(),
             last: Arc::new(Mutex::new(None)),
+            rdma_failed: Arc::new(Mutex::new(None)),
         })
     }
 
@@ -94,15 +100,48 @@ impl DrTier {
         self.level
     }
 
+    /// Open a connection. In `auto`, an RDMA attempt that failed is not
+    /// repeated for [`RDMA_RETRY_AFTER`]: a site that does not listen over
+    /// RDMA, or that no device reaches, would otherwise cost every
+    /// connection the attempt (up to the connect timeout).
     pub(crate) fn connect(&self) -> Result<Conn, DrError> {
+        let lock = |m: &Mutex<Option<(Instant, String)>>| {
+            m.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        };
+        let mut transport = self.transport;
+        let skipped = match lock(&self.rdma_failed) {
+            Some((at, why))
+                if transport.choice == Choice::Auto && at.elapsed() < RDMA_RETRY_AFTER =>
+            {
+                transport.choice = Choice::Tcp;
+                Some((at, why))
+            }
+            _ => None,
+        };
         let conn = Conn::open(
             &self.addr,
             &self.key,
-            &self.transport,
+            &transport,
             self.connect_timeout,
             self.io_timeout,
         )?;
-        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(conn.in_use());
+        let mut used = conn.in_use();
+        match skipped {
+            Some((at, why)) => {
+                used.detail = format!(
+                    "{why}; {} s ago, tried again after {} s",
+                    at.elapsed().as_secs(),
+                    RDMA_RETRY_AFTER.as_secs()
+                );
+            }
+            None if self.transport.choice == Choice::Auto => {
+                let failed = (used.kind == "tcp" && used.detail.starts_with("RDMA failed"))
+                    .then(|| (Instant::now(), used.detail.clone()));
+                *self.rdma_failed.lock().unwrap_or_else(|p| p.into_inner()) = failed;
+            }
+            None => {}
+        }
+        *self.last.lock().unwrap_or_else(|p| p.into_inner()) = Some(used);
         Ok(conn)
     }
 
