@@ -29,11 +29,10 @@ use crate::report::{cells, mib, opt, verdict};
 use crate::stats::Figures;
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -659,21 +658,8 @@ impl Ckptfs {
         let config = dir.join("ckptfs.toml");
         fs::write(&config, "# ckpt-bench drain: ckptfs's built-in defaults\n")
             .with_context(|| format!("writing {}", config.display()))?;
-        // The DR tier's shared key: 32 random bytes, hex, mode 0600.
         let key = dir.join("dr.key");
-        let mut raw = [0u8; 32];
-        File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut raw))
-            .context("reading /dev/urandom")?;
-        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        let _ = fs::remove_file(&key);
-        OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key)
-            .and_then(|mut f| f.write_all(format!("{hex}\n").as_bytes()))
-            .with_context(|| format!("writing {}", key.display()))?;
+        crate::host::write_dr_key(&key)?;
         Ok(Ckptfs {
             bin,
             config,

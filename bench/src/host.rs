@@ -93,6 +93,26 @@ pub fn remove_dir(p: &Path) -> anyhow::Result<()> {
 }
 
 /// Bytes of the regular files under `p`.
+/// A DR shared key at `path`: 32 random bytes as hex, mode 0600,
+/// replacing any earlier one.
+pub fn write_dr_key(path: &Path) -> anyhow::Result<()> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut raw = [0u8; 32];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("reading /dev/urandom")?;
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = fs::remove_file(path);
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(format!("{hex}\n").as_bytes()))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 pub fn tree_bytes(p: &Path) -> u64 {
     let Ok(rd) = fs::read_dir(p) else {
         return 0;

@@ -37,7 +37,7 @@ use bytesize::ByteSize;
 use libckpt::dr::transport::{InUse, RdmaOptions, Stream, Tcp};
 
 use crate::drain::Data;
-use crate::host::{ckptfs_bin, log_tail, remove_dir, require_root, run_ok, Scratch};
+use crate::host::{ckptfs_bin, log_tail, remove_dir, require_root, run_ok, write_dr_key, Scratch};
 use crate::report::{cells, opt, verdict};
 use crate::stats::Figures;
 
@@ -384,19 +384,7 @@ fn drain(
     remove_dir(dir)?;
     fs::create_dir_all(dir)?;
     let key = dir.join("dr.key");
-    let mut raw = [0u8; 32];
-    fs::File::open("/dev/urandom")?.read_exact(&mut raw)?;
-    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key)?
-            .write_all(hex.as_bytes())?;
-    }
+    write_dr_key(&key)?;
     let cache = dir.join("cache");
     run_ok(
         Command::new(ckptfs)

@@ -135,17 +135,22 @@ impl Site {
             .join("\n")
     }
 
-    fn cli(&self, cache: &Path, args: &[&str]) -> Output {
-        Command::new(ckptfs())
-            .arg("--cache")
+    /// `ckptfs --cache CACHE` with this site as its DR tier and quick
+    /// retries, then `args`.
+    fn command(&self, cache: &Path, args: &[&str]) -> Command {
+        let mut c = Command::new(ckptfs());
+        c.arg("--cache")
             .arg(cache)
             .args(["--dr", &self.addr, "--dr-key"])
             .arg(&self.key)
             .args(["--drain-backoff-min", "100ms", "--drain-backoff-max", "1s"])
             .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run ckptfs")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn cli(&self, cache: &Path, args: &[&str]) -> Output {
+        self.command(cache, args).output().expect("run ckptfs")
     }
 }
 
@@ -279,16 +284,20 @@ fn receiver_killed_mid_rdma_push_resumes_and_stores_each_chunk_once() {
     put(&cache, "sim", "step-1", &site.path("data"));
     // 2 MiB/s: the 32 MiB push takes ~16 s, so the kill lands in it.
     let mut drain = Proc::spawn({
-        let mut c = Command::new(ckptfs());
-        c.arg("--cache")
-            .arg(&cache)
-            .args(["--dr", &site.addr, "--dr-key"])
-            .arg(&site.key)
-            .args(["--dr-rate", "2MiB", "--transport", "rdma"])
-            .args(["--drain-backoff-min", "100ms", "--drain-backoff-max", "1s"])
-            .args(["drain", "--wait", "--timeout", "10m"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
+        let mut c = site.command(
+            &cache,
+            &[
+                "--dr-rate",
+                "2MiB",
+                "--transport",
+                "rdma",
+                "drain",
+                "--wait",
+                "--timeout",
+                "10m",
+            ],
+        );
+        c.stdout(Stdio::null())
             .stderr(fs::File::create(site.path("drain.log")).expect("drain log"));
         c
     });

@@ -105,11 +105,13 @@ impl DrTier {
     /// RDMA, or that no device reaches, would otherwise cost every
     /// connection the attempt (up to the connect timeout).
     pub(crate) fn connect(&self) -> Result<Conn, DrError> {
-        let lock = |m: &Mutex<Option<(Instant, String)>>| {
-            m.lock().unwrap_or_else(|p| p.into_inner()).clone()
-        };
         let mut transport = self.transport;
-        let skipped = match lock(&self.rdma_failed) {
+        let failed = self
+            .rdma_failed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        let skipped = match failed {
             Some((at, why))
                 if transport.choice == Choice::Auto && at.elapsed() < RDMA_RETRY_AFTER =>
             {

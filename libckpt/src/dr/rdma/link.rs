@@ -699,8 +699,8 @@ impl RdmaStream {
             if g.eof {
                 return Err(self.err(io::ErrorKind::BrokenPipe, "the peer closed the connection"));
             }
+            // `block` pays what the spill freed before it sleeps.
             self.spill(g)?;
-            self.send_credits(g)?;
             self.block(g, deadline)?;
         }
         let owed = g.owed;
@@ -756,7 +756,6 @@ impl Stream for RdmaStream {
                 self.check(&g)?;
                 if !self.progress(&mut g)? {
                     self.spill(&mut g)?;
-                    self.send_credits(&mut g)?;
                     self.block(&mut g, deadline)?;
                 }
             }
