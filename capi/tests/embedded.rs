@@ -13,7 +13,8 @@ fn env_with_pfs() -> (Env, std::path::PathBuf) {
     std::fs::create_dir(&pfs).unwrap();
     let text = std::fs::read_to_string(&env.config).unwrap()
         + &format!(
-            "[pfs]\ndir = \"{}\"\n[drain]\njitter = \"0s\"\nbackoff_min = \"50ms\"\n",
+            "[pfs]\ndir = \"{}\"\n[drain]\njitter = \"0s\"\nbackoff_min = \"50ms\"\n\
+             high_watermark = 100\nlow_watermark = 99\n",
             pfs.display()
         );
     std::fs::write(&env.config, text).unwrap();

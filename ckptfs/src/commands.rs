@@ -479,15 +479,16 @@ fn status(ctx: &Ctx, json: bool) -> Result<Exit> {
             .status()
         })
         .unwrap_or_default();
-    let (total, free) = libckpt::statfs::space(store.root())
-        .map(|s| (s.total, s.free))
-        .unwrap_or((0, 0));
+    let (total, free, fill) = libckpt::statfs::space(store.root())
+        .map(|s| (s.total, s.free, s.fill_percent()))
+        .unwrap_or((0, 0, 0.0));
     let v = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "config": ctx.source.to_string(),
         "cache": store.root(),
         "cache_fs_total_bytes": total,
         "cache_fs_free_bytes": free,
+        "cache_fs_fill_percent": fill,
         "io": {
             "path": engine.path(),
             "fallback_reason": engine.fallback_reason(),
@@ -508,7 +509,7 @@ fn status(ctx: &Ctx, json: bool) -> Result<Exit> {
     println!("ckptfs {}", env!("CARGO_PKG_VERSION"));
     println!("config:      {}", ctx.source);
     println!(
-        "cache:       {} ({} free of {})",
+        "cache:       {} ({} free of {}, {fill:.0}% full)",
         store.root().display(),
         ByteSize::b(free),
         ByteSize::b(total)

@@ -78,6 +78,7 @@ impl Daemon {
             "cache": store.root(),
             "cache_fs_total_bytes": space.map(|s| s.total),
             "cache_fs_free_bytes": space.map(|s| s.free),
+            "cache_fs_fill_percent": space.map(|s| s.fill_percent()),
             "data_path": self.shared.data_path(),
             "io": {"path": self.engine.path(), "fallback_reason": self.engine.fallback_reason()},
             "open_files": live.open_files(),

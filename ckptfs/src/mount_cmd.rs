@@ -130,10 +130,11 @@ pub fn print_status(v: &Value) {
     );
     println!("mount:      {}", s("mountpoint"));
     println!(
-        "cache:      {} ({} free of {})",
+        "cache:      {} ({} free of {}, {:.0}% full)",
         s("cache"),
         bytesize::ByteSize::b(v["cache_fs_free_bytes"].as_u64().unwrap_or(0)),
-        bytesize::ByteSize::b(v["cache_fs_total_bytes"].as_u64().unwrap_or(0))
+        bytesize::ByteSize::b(v["cache_fs_total_bytes"].as_u64().unwrap_or(0)),
+        v["cache_fs_fill_percent"].as_f64().unwrap_or(0.0)
     );
     let dp = &v["data_path"];
     match dp["reason"].as_str() {

@@ -496,7 +496,8 @@ fn restore_from_the_pfs_tier_with_the_cache_wiped() {
     fs::write(
         &config,
         format!(
-            "cache = \"{}\"\n[pfs]\ndir = \"{}\"\n[drain]\njitter = \"0s\"\n",
+            "cache = \"{}\"\n[pfs]\ndir = \"{}\"\n\
+             [drain]\njitter = \"0s\"\nhigh_watermark = 100\nlow_watermark = 99\n",
             f.cache().display(),
             pfs.display()
         ),

@@ -389,3 +389,72 @@ fn a_full_pfs_keeps_the_set_pending_until_there_is_room() {
     });
     assert!(pfs.join("job/.manifests/s1.json").is_file());
 }
+
+#[test]
+fn a_full_cache_evicts_drained_sets_oldest_first_and_never_an_undrained_one() {
+    let pfs_root = tempfile::Builder::new()
+        .prefix("ckptfs-pfs-")
+        .tempdir_in("/var/tmp")
+        .expect("pfs dir");
+    let pfs = pfs_root.path().join("pfs");
+    let pfs_away = pfs_root.path().join("pfs-down");
+    fs::create_dir(&pfs).expect("mkdir pfs");
+    // A 64 MiB cache, so the fill is the test's: a 10 MiB set is ~16 % of
+    // it. Evict above 40 %, down to 20 %.
+    let opts = Opts::new(DataPath::Passthrough)
+        .tmpfs_cache(64)
+        .evict_between(40, 20);
+    let m = Mount::start(with_args(opts, &pfs_args(&pfs)));
+    let put = |set: &str, seed: u64| {
+        let bytes = data(10 << 20, seed);
+        fs::write(m.new_set("job", set).join("rank-0.bin"), &bytes).expect("write");
+        m.commit_ok("job", set);
+        bytes
+    };
+    let in_cache = |set: &str| m.c(&format!("job/{set}")).exists();
+    let fill = |m: &Mount| m.status()["cache_fs_fill_percent"].as_f64().expect("fill");
+
+    let s1 = put("s1", 1);
+    wait_until("s1 on the PFS", common::WAIT, || pending(&m) == 0);
+    put("s2", 2);
+    wait_until("s2 on the PFS", common::WAIT, || pending(&m) == 0);
+    // Below the high watermark, drained sets stay on the node: a restart
+    // reads them at local speed.
+    assert!(
+        in_cache("s1") && in_cache("s2"),
+        "evicted below the watermark"
+    );
+    assert!(fill(&m) < 40.0, "fill {}", fill(&m));
+
+    // The PFS goes away, and a third set takes the cache over the high
+    // watermark. No drain ends while the PFS is down, yet the sets drained
+    // before the outage must make room, oldest first, down to the low
+    // watermark; the undrained set, the only copy, stays.
+    fs::rename(&pfs, &pfs_away).expect("take the PFS away");
+    let s3 = put("s3", 3);
+    wait_until("eviction with the PFS down", common::WAIT, || {
+        !in_cache("s1") && !in_cache("s2")
+    });
+    assert!(in_cache("s3"), "the undrained set was evicted");
+    assert_eq!(m.ls_state("job", "s3").as_deref(), Some("complete"));
+    assert_eq!(pending(&m), 1);
+    assert!(fill(&m) <= 20.0 + 16.0, "fill {} after eviction", fill(&m));
+    let log = m.log_text();
+    let first = log.find("evicted from the cache (held by every tier) job=job set=s1");
+    let second = log.find("evicted from the cache (held by every tier) job=job set=s2");
+    assert!(
+        matches!((first, second), (Some(a), Some(b)) if a < b),
+        "not evicted oldest first:\n{log}"
+    );
+
+    // The PFS returns: s3 drains and, below the high watermark, stays.
+    fs::rename(&pfs_away, &pfs).expect("bring the PFS back");
+    wait_until("s3 on the PFS", common::WAIT, || pending(&m) == 0);
+    assert!(in_cache("s3"), "evicted below the watermark");
+    assert_eq!(fs::read(pfs.join("job/s3/rank-0.bin")).expect("pfs s3"), s3);
+    // An evicted set is still there to restart from: staged in on read.
+    assert_eq!(
+        fs::read(m.p("job/s1/rank-0.bin")).expect("read an evicted set"),
+        s1
+    );
+}

@@ -153,6 +153,7 @@ fn ckptfs(cache: &Path, env: &[(String, String)], flags: &[String]) -> Command {
         .arg(cache)
         .arg("--keep")
         .arg("0")
+        .args(common::NO_EVICTION)
         .args(flags)
         .stdin(Stdio::null());
     c

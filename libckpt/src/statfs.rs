@@ -24,6 +24,23 @@ pub struct Space {
     pub fragment_size: u32,
 }
 
+impl Space {
+    /// How full the filesystem is, in percent, as `df` prints it: blocks
+    /// in use over those an unprivileged writer could ever use. Blocks
+    /// reserved for root count on neither side, so an ext4 with its 5 %
+    /// reserve (or a quota'd volume reporting far more blocks than it
+    /// lets anyone write) reads the same here as in `df`.
+    pub fn fill_percent(&self) -> f64 {
+        let used = self.blocks.saturating_sub(self.blocks_free);
+        let usable = used + self.blocks_avail;
+        if usable == 0 {
+            0.0
+        } else {
+            100.0 * used as f64 / usable as f64
+        }
+    }
+}
+
 /// statvfs(2) of the filesystem holding `path`.
 pub fn space(path: &Path) -> io::Result<Space> {
     let c = CString::new(path.as_os_str().as_bytes())
@@ -57,5 +74,29 @@ mod tests {
         let s = super::space(std::path::Path::new("/")).unwrap();
         assert!(s.total > 0 && s.free <= s.total);
         assert!(super::space(std::path::Path::new("/nonexistent/x")).is_err());
+    }
+
+    #[test]
+    fn fill_counts_reserved_blocks_on_neither_side() {
+        let s = super::Space {
+            total: 1000 * 4096,
+            free: 100 * 4096,
+            blocks: 1000,
+            // 600 in use, 300 reserved for root, 100 usable by anyone.
+            blocks_free: 400,
+            blocks_avail: 100,
+            files: 0,
+            files_free: 0,
+            block_size: 4096,
+            fragment_size: 4096,
+        };
+        assert!((s.fill_percent() - 600.0 / 700.0 * 100.0).abs() < 1e-9);
+        let empty = super::Space {
+            blocks: 0,
+            blocks_free: 0,
+            blocks_avail: 0,
+            ..s
+        };
+        assert_eq!(empty.fill_percent(), 0.0);
     }
 }

@@ -445,10 +445,16 @@ impl Filesystem for CkptFs {
         }
         let attr = self.path_of(ino).and_then(|rel| {
             self.attr_of(ino.0, &rel).or_else(|e| {
-                if e == Errno::ENOENT {
-                    self.remote_entry(&rel).ok_or(e)
-                } else {
-                    Err(e)
+                if e != Errno::ENOENT {
+                    return Err(e);
+                }
+                match Place::of(&rel) {
+                    // Inside a set evicted since the kernel looked it up.
+                    Ok(place @ Place::InSet(..)) => {
+                        self.ensure_local(&place)?;
+                        self.attr_of(ino.0, &rel)
+                    }
+                    _ => self.remote_entry(&rel).ok_or(e),
                 }
             })
         });
@@ -707,9 +713,17 @@ impl Filesystem for CkptFs {
             if write {
                 self.writable(&place)?;
             }
-            let (fh, entry) = self
-                .open_backing(&rel, ino.0, flags, None)
-                .map_err(|e| errno_of(&e))?;
+            let (fh, entry) = match self.open_backing(&rel, ino.0, flags, None) {
+                // The kernel may still hold the entry of a file whose set
+                // was evicted since its lookup: bring the set back, as a
+                // lookup would have.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.ensure_local(&place)?;
+                    self.open_backing(&rel, ino.0, flags, None)
+                }
+                other => other,
+            }
+            .map_err(|e| errno_of(&e))?;
             if entry.write {
                 if let Err(e) = self.opened_for_write(&place, ino.0) {
                     lock(&self.handles).remove_file(fh);

@@ -56,6 +56,9 @@ pub struct Opts {
     pub background: bool,
     /// Environment for the daemon and the CLI (S3 credentials, say).
     pub env: Vec<(String, String)>,
+    /// Eviction's high and low watermarks. By default none a filesystem
+    /// reaches: the fill of this host's disk is not the test's to decide.
+    pub watermarks: (u8, u8),
 }
 
 impl Opts {
@@ -66,7 +69,15 @@ impl Opts {
             tmpfs_cache_mib: None,
             background: false,
             env: Vec::new(),
+            watermarks: (100, 99),
         }
+    }
+
+    /// Evict drained sets above `high` percent of the cache's filesystem,
+    /// down to `low`.
+    pub fn evict_between(mut self, high: u8, low: u8) -> Opts {
+        self.watermarks = (high, low);
+        self
     }
 
     pub fn arg(mut self, a: &str) -> Opts {
@@ -102,6 +113,15 @@ enum Daemon {
     /// Killed or exited and reaped.
     Gone,
 }
+
+/// Watermarks no filesystem reaches: drained sets stay in the cache, for
+/// tests that look at the cache after a drain.
+pub const NO_EVICTION: [&str; 4] = [
+    "--drain-high-watermark",
+    "100",
+    "--drain-low-watermark",
+    "99",
+];
 
 /// A live ckptfs mount over a private cache, torn down on drop.
 pub struct Mount {
@@ -187,7 +207,11 @@ impl Mount {
             .arg(&self.cache)
             // No retention surprises: tests count their sets.
             .arg("--keep")
-            .arg("0");
+            .arg("0")
+            .arg("--drain-high-watermark")
+            .arg(self.opts.watermarks.0.to_string())
+            .arg("--drain-low-watermark")
+            .arg(self.opts.watermarks.1.to_string());
         c
     }
 

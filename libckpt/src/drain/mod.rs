@@ -76,6 +76,17 @@ impl Default for DrainOptions {
 }
 
 impl DrainOptions {
+    /// Defaults, with watermarks no filesystem reaches: for tests that look
+    /// at the cache after a drain, whatever the fill of the host's disk.
+    #[cfg(test)]
+    pub(crate) fn never_evicting() -> DrainOptions {
+        DrainOptions {
+            high_watermark: 100,
+            low_watermark: 99,
+            ..DrainOptions::default()
+        }
+    }
+
     pub fn from_config(c: &crate::config::Config) -> DrainOptions {
         use crate::config::duration;
         DrainOptions {
@@ -296,6 +307,8 @@ pub struct Drain {
     /// its last worker ends.
     cache_lock: Mutex<Option<File>>,
     workers: AtomicUsize,
+    /// One eviction at a time: every tier's worker may start one.
+    evicting: Mutex<()>,
 }
 
 fn rand_fraction() -> f64 {
@@ -324,6 +337,7 @@ impl Drain {
             early: Mutex::new(None),
             cache_lock: Mutex::new(None),
             workers: AtomicUsize::new(0),
+            evicting: Mutex::new(()),
         })
     }
 
@@ -498,6 +512,10 @@ impl Drain {
                     self.attempt(slot, &info);
                 }
                 None => {
+                    // Also here, not only after a drain: while a tier is
+                    // down, new sets fill the cache and no drain ends, yet
+                    // sets drained before the outage can make room.
+                    self.evict();
                     self.drain_early(slot);
                     self.pause(self.idle_wait(slot));
                 }
@@ -716,17 +734,15 @@ impl Drain {
         if self.slots.is_empty() {
             return evicted;
         }
-        let used = |s: &crate::statfs::Space| {
-            if s.total == 0 {
-                0.0
-            } else {
-                100.0 * (s.total - s.free) as f64 / s.total as f64
-            }
+        let _one = match self.evicting.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return evicted,
         };
         let Ok(space) = crate::statfs::space(self.store.root()) else {
             return evicted;
         };
-        if used(&space) <= f64::from(self.opts.high_watermark) {
+        if space.fill_percent() <= f64::from(self.opts.high_watermark) {
             return evicted;
         }
         let mut candidates: Vec<(SystemTime, SetInfo)> = self
@@ -741,7 +757,7 @@ impl Drain {
         candidates.sort_by_key(|c| c.0);
         for (_, s) in candidates {
             match crate::statfs::space(self.store.root()) {
-                Ok(sp) if used(&sp) > f64::from(self.opts.low_watermark) => {}
+                Ok(sp) if sp.fill_percent() > f64::from(self.opts.low_watermark) => {}
                 _ => break,
             }
             if self.store.delete_set(&s.job, &s.set).is_ok() {
@@ -932,7 +948,7 @@ mod lock_tests {
                     )],
                     DrainOptions {
                         jitter: Duration::ZERO,
-                        ..DrainOptions::default()
+                        ..DrainOptions::never_evicting()
                     },
                 )
             })

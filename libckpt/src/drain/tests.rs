@@ -35,7 +35,7 @@ fn quick() -> DrainOptions {
         jitter: Duration::ZERO,
         backoff_min: Duration::from_millis(50),
         backoff_max: Duration::from_millis(200),
-        ..DrainOptions::default()
+        ..DrainOptions::never_evicting()
     }
 }
 

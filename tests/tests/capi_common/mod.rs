@@ -280,7 +280,9 @@ pub fn write_config(dir: &Path, cache: &Path, mode: Mode, pfs: Option<&Path>) ->
     let mut s = format!("cache = \"{}\"\n", cache.display());
     if let Some(p) = pfs {
         s.push_str(&format!("\n[pfs]\ndir = \"{}\"\n", p.display()));
-        s.push_str("\n[drain]\njitter = \"0s\"\n");
+        // Watermarks no disk reaches: the host's fill must not evict what
+        // a test reads back.
+        s.push_str("\n[drain]\njitter = \"0s\"\nhigh_watermark = 100\nlow_watermark = 99\n");
     }
     s.push_str(&format!("\n[api]\nmode = \"{}\"\n", mode.as_str()));
     let path = dir.join(format!("ckpt-{}.toml", mode.as_str()));
