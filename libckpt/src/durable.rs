@@ -7,6 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// An I/O failure with the path and the operation it concerns.
 #[derive(Debug, thiserror::Error)]
@@ -39,13 +40,21 @@ impl<T> IoContext<T> for io::Result<T> {
     }
 }
 
-/// The temp name `path` is staged under before the rename.
+/// The temp name `path` is staged under before the rename: unique per
+/// call, since two threads of one process that stage the same file under
+/// one name truncate each other's bytes and can rename an empty file into
+/// place (seen: two ranks opening a new store at once).
 pub fn temp_path(path: &Path) -> PathBuf {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
+    path.with_file_name(format!(
+        ".{name}.tmp.{}.{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// Replace `path` with `bytes` atomically and durably (mode `mode`).

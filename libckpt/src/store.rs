@@ -1259,8 +1259,7 @@ fn check_layout(path: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             let body = format!("{LAYOUT_TAG} {LAYOUT_VERSION}\n");
             match durable::write_atomic(path, body.as_bytes(), 0o644) {
-                // Another thread of this process opening the same new store
-                // used the same temp name and renamed it first.
+                // Another opener of the same new store got there first.
                 Err(_) if fs::read_to_string(path).is_ok() => check_layout(path),
                 other => Ok(other?),
             }
