@@ -751,6 +751,9 @@ struct Drained {
     secs: f64,
     /// set → bytes_sent, from `RUST_LOG=libckpt=info`'s `drained` line.
     sent: HashMap<String, u64>,
+    /// The DR push's zstd level at the end of the last set, from its
+    /// `set pushed to the DR site` line.
+    level: Option<i32>,
 }
 
 fn drain_wait(ck: &Ckptfs, cache: &Path, tier: &[String], log: &Path) -> anyhow::Result<Drained> {
@@ -775,7 +778,18 @@ fn drain_wait(ck: &Ckptfs, cache: &Path, tier: &[String], log: &Path) -> anyhow:
     Ok(Drained {
         secs,
         sent: parse_drained(&text),
+        level: text
+            .lines()
+            .rev()
+            .filter(|l| l.contains("set pushed to the DR site"))
+            .find_map(|l| log_field(l, "zstd_level")?.parse().ok()),
     })
+}
+
+/// `name=value` in a tracing log line.
+fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// `… drained tier=dr job=J set=S bytes_read=N bytes_sent=N skipped=N`
@@ -783,14 +797,9 @@ fn drain_wait(ck: &Ckptfs, cache: &Path, tier: &[String], log: &Path) -> anyhow:
 fn parse_drained(log: &str) -> HashMap<String, u64> {
     let mut out = HashMap::new();
     for line in log.lines().filter(|l| l.contains(" drained ")) {
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
-                .map(str::to_owned)
-        };
-        if let (Some(set), Some(sent)) = (field("set"), field("bytes_sent")) {
+        if let (Some(set), Some(sent)) = (log_field(line, "set"), log_field(line, "bytes_sent")) {
             if let Ok(n) = sent.parse() {
-                out.insert(set, n);
+                out.insert(set.to_owned(), n);
             }
         }
     }
@@ -1165,6 +1174,9 @@ impl Ctx<'_> {
             .put("push.ckptfs.distinct", round, chunks_a.len() as f64);
         if let Some(n) = sent_a {
             self.fig.put("push.ckptfs.sent", round, n as f64);
+        }
+        if let Some(l) = d.level {
+            self.fig.put("push.ckptfs.level", round, f64::from(l));
         }
         self.say(
             round,
@@ -1835,6 +1847,14 @@ fn markdown(args: &Args, info: &Info<'_>, data: &Data, fig: &Figures) -> String 
                 } else {
                     opt(fig.ratio(k, "push.ckptfs.secs"), |r| format!("{r:.2}×"))
                 }
+            );
+        }
+        let levels = fig.get("push.ckptfs.level");
+        if levels.iter().any(Option::is_some) {
+            let _ = writeln!(
+                s,
+                "\nThe push's zstd level (`--dr-zstd-level`, default auto) when set A was done, per round: {}.",
+                cells(&levels, |l| format!("{l:.0}"))
             );
         }
         let stored = fig.median("push.ckptfs.stored");

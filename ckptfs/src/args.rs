@@ -104,9 +104,11 @@ pub struct Global {
     #[arg(long, global = true, value_name = "SIZE")]
     pub dr_rate: Option<ByteSize>,
 
-    /// zstd level for the DR tier, 1–19 [config: dr.zstd_level; default 3].
-    #[arg(long, global = true, value_name = "N")]
-    pub dr_zstd_level: Option<i32>,
+    /// zstd level for the DR tier, 1–19, or `auto`: 1–9, lower while the
+    /// link waits for the compressor, higher while the link is more than
+    /// twice slower [config: dr.zstd_level; default auto].
+    #[arg(long, global = true, value_name = "N|auto")]
+    pub dr_zstd_level: Option<libckpt::dr::level::ZstdLevel>,
 
     /// Transport to the DR site, and for `serve` the ones it listens on:
     /// auto (RDMA when a verbs device reaches the peer and it listens
@@ -199,6 +201,11 @@ pub struct Global {
     /// Random delay before a set starts draining [config: drain.jitter; default 2s].
     #[arg(long, global = true, value_name = "DURATION")]
     pub drain_jitter: Option<String>,
+
+    /// Nice value of the drain's threads, 0–19 (0: the process's own
+    /// priority) [config: drain.nice; default 10].
+    #[arg(long, global = true, value_name = "N")]
+    pub drain_nice: Option<i32>,
 
     /// First retry delay after a failed drain, doubling up to
     /// --drain-backoff-max [config: drain.backoff_min; default 1s].
@@ -300,6 +307,7 @@ impl Global {
             s3_retry_timeout: self.s3_retry_timeout.clone(),
             s3_request_timeout: self.s3_request_timeout.clone(),
             drain_jitter: self.drain_jitter.clone(),
+            drain_nice: self.drain_nice,
             drain_backoff_min: self.drain_backoff_min.clone(),
             drain_backoff_max: self.drain_backoff_max.clone(),
             drain_high_watermark: self.drain_high_watermark,

@@ -52,9 +52,12 @@ pub fn tier_line(t: &serde_json::Value) -> String {
     let rpo = t["rpo_exposure_seconds"]
         .as_u64()
         .map_or("none".to_owned(), |s| format!("{s} s"));
-    let via = t["transport"]
+    let mut via = t["transport"]
         .as_str()
         .map_or(String::new(), |t| format!(" over {t}"));
+    if let Some(c) = t["compression"].as_str() {
+        via.push_str(&format!(", {c}"));
+    }
     format!(
         "tier {} ({}{via}): {} set(s) pending, {} pending, rate {rate}, RPO exposure {rpo}{}",
         t["tier"].as_str().unwrap_or("?"),

@@ -163,6 +163,9 @@ pub struct DrainConfig {
     /// the commit leaves less to send (off by default: a file deleted
     /// before the commit has then crossed the network for nothing).
     pub early: bool,
+    /// Nice value (0–19) of the drain's threads: the application's
+    /// threads come first. 0 runs the drain at the process's priority.
+    pub nice: i32,
 }
 
 impl Default for DrainConfig {
@@ -174,6 +177,7 @@ impl Default for DrainConfig {
             high_watermark: 90,
             low_watermark: 75,
             early: false,
+            nice: crate::sched::DEFAULT_NICE,
         }
     }
 }
@@ -213,8 +217,9 @@ pub struct DrConfig {
     pub key: PathBuf,
     pub keep: usize,
     pub rate: ByteSize,
-    /// zstd level for chunks on the wire and at rest (1–19).
-    pub zstd_level: i32,
+    /// zstd level for chunks on the wire and at rest: 1–19, or `auto`
+    /// (1–9, after whichever of compression and the link is slower).
+    pub zstd_level: crate::dr::level::ZstdLevel,
     /// `auto` (RDMA when a verbs device reaches the site, else TCP),
     /// `tcp` or `rdma`.
     pub transport: crate::dr::transport::Choice,
@@ -233,7 +238,7 @@ impl Default for DrConfig {
             key: PathBuf::from("/etc/ckptfs/dr.key"),
             keep: 10,
             rate: ByteSize::b(0),
-            zstd_level: 3,
+            zstd_level: crate::dr::level::ZstdLevel::Auto,
             transport: crate::dr::transport::Choice::Auto,
             rdma_buffers: rdma.recv_bufs,
             rdma_buffer_size: ByteSize::b(rdma.buf_size.into()),
@@ -427,7 +432,7 @@ pub struct Overrides {
     pub dr_key: Option<PathBuf>,
     pub dr_keep: Option<usize>,
     pub dr_rate: Option<ByteSize>,
-    pub dr_zstd_level: Option<i32>,
+    pub dr_zstd_level: Option<crate::dr::level::ZstdLevel>,
     pub dr_transport: Option<crate::dr::transport::Choice>,
     pub dr_rdma_buffers: Option<u16>,
     pub dr_rdma_buffer_size: Option<ByteSize>,
@@ -447,6 +452,7 @@ pub struct Overrides {
     pub s3_retry_timeout: Option<String>,
     pub s3_request_timeout: Option<String>,
     pub drain_jitter: Option<String>,
+    pub drain_nice: Option<i32>,
     pub drain_backoff_min: Option<String>,
     pub drain_backoff_max: Option<String>,
     pub drain_high_watermark: Option<u8>,
@@ -600,6 +606,7 @@ impl Config {
         set(&mut s3.retry_timeout, o.s3_retry_timeout.clone());
         set(&mut s3.request_timeout, o.s3_request_timeout.clone());
         set(&mut self.drain.jitter, o.drain_jitter.clone());
+        set(&mut self.drain.nice, o.drain_nice);
         set(&mut self.drain.backoff_min, o.drain_backoff_min.clone());
         set(&mut self.drain.backoff_max, o.drain_backoff_max.clone());
         set(&mut self.drain.high_watermark, o.drain_high_watermark);
@@ -690,6 +697,12 @@ impl Config {
                 format!("{}% is over 100%", self.api.overhead),
             );
         }
+        if !crate::sched::NICE_RANGE.contains(&self.drain.nice) {
+            return fail(
+                "drain.nice",
+                format!("{} is outside 0..=19", self.drain.nice),
+            );
+        }
         let (hi, lo) = (self.drain.high_watermark, self.drain.low_watermark);
         if hi > 100 || lo >= hi {
             return fail(
@@ -710,7 +723,7 @@ impl Config {
                 return fail("dr.address", format!("{addr:?} is not HOST:PORT"));
             }
         }
-        if !(1..=19).contains(&self.dr.zstd_level) {
+        if !self.dr.zstd_level.is_valid() {
             return fail(
                 "dr.zstd_level",
                 format!("{} is outside 1..=19", self.dr.zstd_level),

@@ -38,6 +38,7 @@ pub mod rank;
 pub mod rate;
 pub mod retention;
 pub mod s3;
+pub mod sched;
 pub mod set;
 pub mod stage;
 pub mod statfs;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use super::auth::Key;
 use super::conn::{Conn, Retry, Transport};
 use super::error::DrError;
+use super::level::{self, Adaptive, ZstdLevel};
 use super::proto::{Deleted, Empty, ErrorKind, JobRef, Jobs, MsgType, SetRef, Sets};
 use super::transport::{Choice, InUse};
 use crate::io::IoEngine;
@@ -29,7 +30,9 @@ const TIER: &str = "dr";
 pub struct DrTier {
     addr: String,
     key: Key,
-    level: i32,
+    level: ZstdLevel,
+    /// Under `auto`, the level the last push ended at.
+    learned: Arc<Mutex<Option<i32>>>,
     retry: Retry,
     connect_timeout: Duration,
     io_timeout: Duration,
@@ -48,20 +51,22 @@ impl DrTier {
     /// `key_file`, compressing chunks at `zstd_level`. Loads and checks the
     /// key now; connects only when asked to do something, so a server that
     /// is down at start-up is just a tier to retry later.
-    pub fn new(addr: String, key_file: &Path, zstd_level: i32) -> Result<DrTier, DrError> {
+    pub fn new(addr: String, key_file: &Path, zstd_level: ZstdLevel) -> Result<DrTier, DrError> {
         let key = Key::load(key_file)?;
-        let range = zstd::compression_level_range();
-        if !range.contains(&zstd_level) {
-            return Err(DrError::Level {
-                level: zstd_level,
-                min: *range.start(),
-                max: *range.end(),
-            });
+        if let ZstdLevel::Fixed(level) = zstd_level {
+            if !level::FIXED.contains(&level) {
+                return Err(DrError::Level {
+                    level,
+                    min: *level::FIXED.start(),
+                    max: *level::FIXED.end(),
+                });
+            }
         }
         Ok(DrTier {
             addr,
             key,
             level: zstd_level,
+            learned: Arc::new(Mutex::new(None)),
             retry: Retry::default(),
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(300),
@@ -96,8 +101,23 @@ impl DrTier {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 
-    pub fn zstd_level(&self) -> i32 {
-        self.level
+    /// The level the next push starts at, adjusted by it under `auto`.
+    pub(crate) fn compression(&self) -> Adaptive {
+        let learned = *self.learned.lock().unwrap_or_else(|p| p.into_inner());
+        Adaptive::new(self.level, learned)
+    }
+
+    /// Where a push's level ended, for the next one.
+    pub(crate) fn remember_level(&self, level: i32) {
+        *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = Some(level);
+    }
+
+    /// The setting, and under `auto` the level the last push ended at.
+    pub fn zstd_level(&self) -> (ZstdLevel, Option<i32>) {
+        (
+            self.level,
+            *self.learned.lock().unwrap_or_else(|p| p.into_inner()),
+        )
     }
 
     /// Open a connection. In `auto`, an RDMA attempt that failed is not
@@ -328,6 +348,14 @@ impl Tier for DrTier {
 
     fn transport(&self) -> Option<String> {
         self.in_use().map(|t| t.to_string())
+    }
+
+    fn compression(&self) -> Option<String> {
+        Some(match self.zstd_level() {
+            (ZstdLevel::Auto, Some(now)) => format!("zstd auto, now {now}"),
+            (ZstdLevel::Auto, None) => format!("zstd auto, from {}", level::AUTO_START),
+            (ZstdLevel::Fixed(l), _) => format!("zstd {l}"),
+        })
     }
 
     fn jobs(&self) -> Result<Vec<JobName>, TierError> {

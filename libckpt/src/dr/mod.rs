@@ -16,6 +16,7 @@
 //! | [`frame`] | the frame header and the length-bounded parser |
 //! | [`proto`] | message types and their JSON bodies |
 //! | [`blob`] | a chunk on the wire and on disk: header + zstd |
+//! | [`level`] | the push's zstd level: fixed, or `auto` after the bottleneck |
 //! | [`piece`] | how a file's chunks map to stored pieces |
 //! | [`record`] | the per-set record |
 //! | [`auth`] | the key file and the handshake |
@@ -34,6 +35,7 @@ pub mod error;
 mod fetch;
 pub mod frame;
 pub mod handler;
+pub mod level;
 pub mod piece;
 pub mod proto;
 mod push;

@@ -92,9 +92,11 @@ pub fn read_batches(
     let mut read = 0u64;
     let mut gone = false;
     let mut flush = |batch: &mut Vec<ReadPiece>| -> bool {
-        batch
-            .par_iter_mut()
-            .for_each(|p| p.hash = ChunkHash::of(&p.raw));
+        crate::sched::in_drain_pool(|| {
+            batch
+                .par_iter_mut()
+                .for_each(|p| p.hash = ChunkHash::of(&p.raw))
+        });
         send(std::mem::take(batch))
     };
     for (fi, file) in src.manifest.files.iter().enumerate() {

@@ -17,6 +17,7 @@ use super::blob::{self, ChunkHash};
 use super::conn::{Conn, Retry};
 use super::frame::{self, read_message, write_message, Message, MAGIC};
 use super::handler::{Repo, RepoOptions, StatsSnapshot};
+use super::level::ZstdLevel;
 use super::proto::{self, ErrorKind, ErrorReply, MsgType, SetStored};
 use super::record::SetRecord;
 use super::server::{Server, ServerOptions, ShutdownHandle};
@@ -69,7 +70,7 @@ impl Site {
     }
 
     fn tier(&self, addr: SocketAddr) -> DrTier {
-        DrTier::new(addr.to_string(), &self.key, 3)
+        DrTier::new(addr.to_string(), &self.key, ZstdLevel::Fixed(3))
             .unwrap()
             .with_retry(Retry {
                 attempts: 4,
@@ -296,7 +297,7 @@ fn wrong_key_fails_on_both_sides_and_changes_nothing() {
     let site = Site::new();
     let server = site.start();
     let other = write_key(site.dir.path(), "other", b"a different key entirely");
-    let tier = DrTier::new(server.addr.to_string(), &other, 3).unwrap();
+    let tier = DrTier::new(server.addr.to_string(), &other, ZstdLevel::Fixed(3)).unwrap();
     let e = tier.jobs().unwrap_err();
     assert!(matches!(e, TierError::Refused { .. }), "{e}");
     assert!(e.to_string().contains("authentication failed"), "{e}");
@@ -320,7 +321,7 @@ fn open_key_file_is_refused() {
     let k = site.dir.path().join("open");
     fs::write(&k, b"secret").unwrap();
     fs::set_permissions(&k, fs::Permissions::from_mode(0o644)).unwrap();
-    let e = DrTier::new("127.0.0.1:1".into(), &k, 3)
+    let e = DrTier::new("127.0.0.1:1".into(), &k, ZstdLevel::Fixed(3))
         .unwrap_err()
         .to_string();
     assert!(
@@ -330,7 +331,7 @@ fn open_key_file_is_refused() {
     // The server loads its key the same way.
     let e = Key::load(&k).unwrap_err();
     assert!(e.to_string().contains("group or others"), "{e}");
-    let e = DrTier::new("127.0.0.1:1".into(), &site.key, 99).unwrap_err();
+    let e = DrTier::new("127.0.0.1:1".into(), &site.key, ZstdLevel::Fixed(99)).unwrap_err();
     assert!(matches!(e, DrError::Level { .. }), "{e}");
 }
 
@@ -555,7 +556,7 @@ fn server_killed_mid_push_then_restarted_the_push_completes() {
     let m = site.commit("s1", &[("big.bin", &data)]);
 
     // Paced so the server can be stopped in the middle.
-    let tier = DrTier::new(addr.to_string(), &site.key, 3)
+    let tier = DrTier::new(addr.to_string(), &site.key, ZstdLevel::Fixed(3))
         .unwrap()
         .with_retry(Retry {
             attempts: 20,
@@ -937,4 +938,29 @@ fn write_fuzz_seeds() {
         [&[1u8][..], &msg(MsgType::Hello, hello.as_bytes())].concat(),
     )
     .unwrap();
+}
+
+#[test]
+fn auto_compression_climbs_on_a_slow_link_and_the_next_push_starts_there() {
+    let site = Site::with_chunk_size(1 << 20);
+    let server = site.start();
+    let tier = DrTier::new(server.addr.to_string(), &site.key, ZstdLevel::Auto).unwrap();
+    assert_eq!(tier.zstd_level(), (ZstdLevel::Auto, None));
+    // 40 MiB that compress about 2:1: one batch.
+    let data: Vec<u8> = random(41, 40 << 20).iter().map(|b| b & 0x0f).collect();
+    let m = site.commit("s1", &[("a", &data)]);
+    // At 8 MiB/s a batch spends seconds on the link and a fraction of
+    // that compressing, on any machine: auto must climb after it.
+    let slow = RateLimiter::new(Some(8 << 20));
+    tier.push(&site.source(&m), &slow, &mut NoResume).unwrap();
+    let (_, reached) = tier.zstd_level();
+    let reached = reached.expect("auto remembers its level");
+    assert!(
+        reached > super::level::AUTO_START,
+        "still at {reached} after a slow link"
+    );
+    // The next push starts where this one ended.
+    assert_eq!(tier.compression().level(), reached);
+    let dest = site.fetch_into(&tier, &m, "back").unwrap();
+    assert_eq!(fs::read(dest.join("a")).unwrap(), data);
 }

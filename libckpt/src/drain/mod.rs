@@ -61,6 +61,8 @@ pub struct DrainOptions {
     pub high_watermark: u8,
     /// …down to this.
     pub low_watermark: u8,
+    /// Nice value of the drain's threads ([`crate::sched`]).
+    pub nice: i32,
 }
 
 impl Default for DrainOptions {
@@ -71,6 +73,7 @@ impl Default for DrainOptions {
             backoff_max: Duration::from_secs(300),
             high_watermark: 90,
             low_watermark: 75,
+            nice: crate::sched::DEFAULT_NICE,
         }
     }
 }
@@ -95,6 +98,7 @@ impl DrainOptions {
             backoff_max: duration(&c.drain.backoff_max),
             high_watermark: c.drain.high_watermark,
             low_watermark: c.drain.low_watermark,
+            nice: c.drain.nice,
         }
     }
 }
@@ -151,7 +155,7 @@ pub fn tiers_from_config(c: &crate::config::Config) -> Result<Tiers, TierError> 
 fn dr_tier(
     addr: &str,
     key: &std::path::Path,
-    level: i32,
+    level: crate::dr::level::ZstdLevel,
     transport: crate::dr::Transport,
 ) -> Result<Arc<dyn Tier>, TierError> {
     crate::dr::DrTier::new(addr.to_owned(), key, level)
@@ -260,6 +264,8 @@ pub struct TierStatus {
     pub location: String,
     /// See [`Tier::transport`].
     pub transport: Option<String>,
+    /// See [`Tier::compression`].
+    pub compression: Option<String>,
     pub rate_limit: Option<u64>,
     pub pending: Vec<PendingSet>,
     /// Complete sets of the cache already safe on this tier.
@@ -317,6 +323,7 @@ fn rand_fraction() -> f64 {
 
 impl Drain {
     pub fn new(store: Store, tiers: Tiers, opts: DrainOptions) -> Arc<Drain> {
+        crate::sched::set_drain_nice(opts.nice);
         let slots = tiers
             .into_iter()
             .map(|(tier, policy)| Slot {
@@ -481,6 +488,7 @@ impl Drain {
     }
 
     fn worker(&self, i: usize) {
+        crate::sched::enter_drain_priority();
         let slot = &self.slots[i];
         tracing::info!(tier = slot.tier.name(), location = %slot.tier.location(), "drain started");
         let mut waiting_said = false;
@@ -854,6 +862,7 @@ impl Drain {
                     tier: slot.tier.name().to_owned(),
                     location: slot.tier.location(),
                     transport: slot.tier.transport(),
+                    compression: slot.tier.compression(),
                     rate_limit: slot.policy.rate,
                     bytes_pending: pending.iter().map(|p| p.bytes).sum::<u64>()
                         - done_in_flight

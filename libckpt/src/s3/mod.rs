@@ -325,6 +325,10 @@ impl Tier for S3Tier {
         }
     }
 
+    fn compression(&self) -> Option<String> {
+        Some(format!("zstd {}", self.opts.zstd_level))
+    }
+
     fn jobs(&self) -> Result<Vec<JobName>, TierError> {
         let base = self.layout.all_sets();
         let r = self

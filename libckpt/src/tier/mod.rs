@@ -266,6 +266,11 @@ pub trait Tier: Send + Sync {
     fn transport(&self) -> Option<String> {
         None
     }
+    /// For a compressing tier, its setting and, where it adapts, the level
+    /// it reached ("zstd auto, now 1"); `None` otherwise.
+    fn compression(&self) -> Option<String> {
+        None
+    }
     /// Jobs with at least one complete set.
     fn jobs(&self) -> Result<Vec<JobName>, TierError>;
     /// Complete sets of `job`, oldest first.

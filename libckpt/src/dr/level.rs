@@ -1,0 +1,249 @@
+//! How hard the push compresses: a fixed zstd level, or `auto`.
+//!
+//! Compression buys nothing when the link is faster than the compressor:
+//! the link then idles while the node's cores (shared with the
+//! application) compress. On a slow WAN link the opposite holds, and a
+//! higher level pays. The push compresses a batch's chunks while it sends
+//! those already compressed; `auto` starts at [`AUTO_START`] and, after
+//! each batch, looks at where its time went:
+//!
+//! - the sender waited for the compressor more than a quarter of the
+//!   batch's time: one level down (never below [`AUTO_MIN`]);
+//! - the last chunk was compressed before half the batch's time had
+//!   passed (the link is more than twice slower): one level up (never
+//!   above [`AUTO_MAX`]).
+//!
+//! Between the two the level stays, which keeps it from flapping between
+//! neighbours. The level reached carries over to the tier's next push.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Lowest level `auto` uses.
+pub const AUTO_MIN: i32 = 1;
+/// Highest level `auto` uses: above it zstd slows down steeply for little
+/// gain on checkpoint data.
+pub const AUTO_MAX: i32 = 9;
+/// Where `auto` starts before it has measured anything.
+pub const AUTO_START: i32 = 3;
+/// The range of a fixed level.
+pub const FIXED: std::ops::RangeInclusive<i32> = 1..=19;
+
+/// `dr.zstd_level`: `auto` or a level in [`FIXED`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ZstdLevel {
+    #[default]
+    Auto,
+    Fixed(i32),
+}
+
+impl ZstdLevel {
+    /// Whether a fixed level is in [`FIXED`] (`auto` always is).
+    pub fn is_valid(&self) -> bool {
+        match self {
+            ZstdLevel::Auto => true,
+            ZstdLevel::Fixed(l) => FIXED.contains(l),
+        }
+    }
+}
+
+impl fmt::Display for ZstdLevel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ZstdLevel::Auto => f.write_str("auto"),
+            ZstdLevel::Fixed(l) => write!(f, "{l}"),
+        }
+    }
+}
+
+impl FromStr for ZstdLevel {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<ZstdLevel, String> {
+        if s.eq_ignore_ascii_case("auto") {
+            return Ok(ZstdLevel::Auto);
+        }
+        let l: i32 = s
+            .parse()
+            .map_err(|_| format!("{s:?} is neither `auto` nor a zstd level"))?;
+        let level = ZstdLevel::Fixed(l);
+        if level.is_valid() {
+            Ok(level)
+        } else {
+            Err(format!(
+                "zstd level {l} is outside {}..={}",
+                FIXED.start(),
+                FIXED.end()
+            ))
+        }
+    }
+}
+
+impl Serialize for ZstdLevel {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ZstdLevel::Auto => s.serialize_str("auto"),
+            ZstdLevel::Fixed(l) => s.serialize_i32(*l),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ZstdLevel {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(i64),
+            Str(String),
+        }
+        let text = match Raw::deserialize(d)? {
+            Raw::Int(i) => i.to_string(),
+            Raw::Str(s) => s,
+        };
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The level a push compresses at, adjusted batch by batch under `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Adaptive {
+    level: i32,
+    auto: bool,
+}
+
+impl Adaptive {
+    /// Under `auto`, `from` is the level the tier's last push ended at.
+    pub fn new(setting: ZstdLevel, from: Option<i32>) -> Adaptive {
+        match setting {
+            ZstdLevel::Fixed(level) => Adaptive { level, auto: false },
+            ZstdLevel::Auto => Adaptive {
+                level: from.unwrap_or(AUTO_START).clamp(AUTO_MIN, AUTO_MAX),
+                auto: true,
+            },
+        }
+    }
+
+    pub fn level(&self) -> i32 {
+        self.level
+    }
+
+    /// One batch: its last chunk was compressed `compressed` after its
+    /// start, the sender waited `starved` in all for compressed chunks, and
+    /// the last acknowledgement came `total` after the start. Returns the
+    /// new level when it changed.
+    pub fn observe(
+        &mut self,
+        compressed: Duration,
+        starved: Duration,
+        total: Duration,
+    ) -> Option<i32> {
+        if !self.auto || total.is_zero() {
+            return None;
+        }
+        let next = if starved * 4 > total {
+            self.level - 1
+        } else if compressed * 2 < total {
+            self.level + 1
+        } else {
+            self.level
+        }
+        .clamp(AUTO_MIN, AUTO_MAX);
+        (next != self.level).then(|| {
+            self.level = next;
+            next
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn parses_auto_and_levels_and_refuses_the_rest() {
+        assert_eq!("auto".parse(), Ok(ZstdLevel::Auto));
+        assert_eq!("AUTO".parse(), Ok(ZstdLevel::Auto));
+        assert_eq!("7".parse(), Ok(ZstdLevel::Fixed(7)));
+        assert!("0"
+            .parse::<ZstdLevel>()
+            .unwrap_err()
+            .contains("outside 1..=19"));
+        assert!("20".parse::<ZstdLevel>().is_err());
+        assert!("fast"
+            .parse::<ZstdLevel>()
+            .unwrap_err()
+            .contains("neither `auto`"));
+    }
+
+    #[test]
+    fn toml_takes_a_string_or_an_integer() {
+        #[derive(Deserialize, Serialize)]
+        struct T {
+            l: ZstdLevel,
+        }
+        let t: T = toml::from_str("l = \"auto\"").unwrap();
+        assert_eq!(t.l, ZstdLevel::Auto);
+        let t: T = toml::from_str("l = 5").unwrap();
+        assert_eq!(t.l, ZstdLevel::Fixed(5));
+        assert!(toml::from_str::<T>("l = 42").is_err());
+        assert!(toml::from_str::<T>("l = \"quick\"").is_err());
+        assert_eq!(
+            toml::to_string(&T { l: ZstdLevel::Auto }).unwrap().trim(),
+            "l = \"auto\""
+        );
+        assert_eq!(
+            toml::to_string(&T {
+                l: ZstdLevel::Fixed(4)
+            })
+            .unwrap()
+            .trim(),
+            "l = 4"
+        );
+    }
+
+    #[test]
+    fn a_fixed_level_never_moves() {
+        let mut a = Adaptive::new(ZstdLevel::Fixed(6), Some(1));
+        assert_eq!(a.level(), 6);
+        assert_eq!(a.observe(ms(100), ms(90), ms(100)), None);
+        assert_eq!(a.observe(ms(1), ms(0), ms(100)), None);
+        assert_eq!(a.level(), 6);
+    }
+
+    #[test]
+    fn auto_follows_the_bottleneck_within_its_range() {
+        let mut a = Adaptive::new(ZstdLevel::Auto, None);
+        assert_eq!(a.level(), AUTO_START);
+        // A fast link: the sender waits on the compressor, down to the
+        // floor.
+        assert_eq!(a.observe(ms(60), ms(30), ms(62)), Some(AUTO_START - 1));
+        for _ in 0..20 {
+            a.observe(ms(60), ms(30), ms(62));
+        }
+        assert_eq!(a.level(), AUTO_MIN);
+        // A slow link: everything compressed early, up to the ceiling.
+        for _ in 0..20 {
+            a.observe(ms(10), ms(1), ms(500));
+        }
+        assert_eq!(a.level(), AUTO_MAX);
+        // Balanced (little waiting, compression busy most of the batch):
+        // stays.
+        assert_eq!(a.observe(ms(50), ms(5), ms(60)), None);
+        // A batch that took no time says nothing.
+        assert_eq!(a.observe(ms(0), ms(0), Duration::ZERO), None);
+    }
+
+    #[test]
+    fn auto_resumes_where_the_last_push_ended_clamped() {
+        assert_eq!(Adaptive::new(ZstdLevel::Auto, Some(5)).level(), 5);
+        assert_eq!(Adaptive::new(ZstdLevel::Auto, Some(15)).level(), AUTO_MAX);
+        assert_eq!(Adaptive::new(ZstdLevel::Auto, Some(-3)).level(), AUTO_MIN);
+    }
+}
