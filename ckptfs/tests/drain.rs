@@ -32,6 +32,15 @@ fn wait_until(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A directory under /var/tmp for a test's PFS tier and restores, removed
+/// on drop.
+fn pfs_scratch() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("ckptfs-pfs-")
+        .tempdir_in("/var/tmp")
+        .expect("pfs dir")
+}
+
 fn pfs_args(pfs: &Path) -> Vec<String> {
     vec![
         "--pfs".into(),
@@ -82,10 +91,7 @@ fn pending(m: &Mount) -> usize {
 
 #[test]
 fn committed_sets_drain_and_restore_on_an_empty_node() {
-    let pfs_root = tempfile::Builder::new()
-        .prefix("ckptfs-pfs-")
-        .tempdir_in("/var/tmp")
-        .expect("pfs dir");
+    let pfs_root = pfs_scratch();
     let pfs = pfs_root.path().join("pfs");
     fs::create_dir(&pfs).expect("mkdir pfs");
     let args = pfs_args(&pfs);
@@ -160,10 +166,7 @@ fn committed_sets_drain_and_restore_on_an_empty_node() {
 
 #[test]
 fn an_unavailable_pfs_keeps_sets_pending_then_drains_when_back() {
-    let pfs_root = tempfile::Builder::new()
-        .prefix("ckptfs-pfs-")
-        .tempdir_in("/var/tmp")
-        .expect("pfs dir");
+    let pfs_root = pfs_scratch();
     let pfs = pfs_root.path().join("pfs-not-yet");
     let args = pfs_args(&pfs);
     let m = Mount::start(with_args(Opts::new(DataPath::Fallback), &args));
@@ -190,10 +193,7 @@ fn an_unavailable_pfs_keeps_sets_pending_then_drains_when_back() {
 
 #[test]
 fn daemon_killed_mid_drain_resumes_without_resending() {
-    let pfs_root = tempfile::Builder::new()
-        .prefix("ckptfs-pfs-")
-        .tempdir_in("/var/tmp")
-        .expect("pfs dir");
+    let pfs_root = pfs_scratch();
     let pfs = pfs_root.path().join("pfs");
     fs::create_dir(&pfs).expect("mkdir pfs");
     // Slow the drain down so the kill lands in the middle of it.
@@ -259,10 +259,7 @@ fn daemon_killed_mid_drain_resumes_without_resending() {
 
 #[test]
 fn a_flipped_byte_on_the_pfs_is_caught_on_restore() {
-    let pfs_root = tempfile::Builder::new()
-        .prefix("ckptfs-pfs-")
-        .tempdir_in("/var/tmp")
-        .expect("pfs dir");
+    let pfs_root = pfs_scratch();
     let pfs = pfs_root.path().join("pfs");
     fs::create_dir(&pfs).expect("mkdir pfs");
     let args = pfs_args(&pfs);
@@ -293,10 +290,7 @@ fn a_flipped_byte_on_the_pfs_is_caught_on_restore() {
 
 #[test]
 fn early_drain_sends_sealed_files_before_the_commit() {
-    let pfs_root = tempfile::Builder::new()
-        .prefix("ckptfs-pfs-")
-        .tempdir_in("/var/tmp")
-        .expect("pfs dir");
+    let pfs_root = pfs_scratch();
     let pfs = pfs_root.path().join("pfs");
     fs::create_dir(&pfs).expect("mkdir pfs");
     let mut args = pfs_args(&pfs);
@@ -347,10 +341,7 @@ fn early_drain_sends_sealed_files_before_the_commit() {
 
 #[test]
 fn a_full_pfs_keeps_the_set_pending_until_there_is_room() {
-    let pfs_root = tempfile::Builder::new()
-        .prefix("ckptfs-pfs-")
-        .tempdir_in("/var/tmp")
-        .expect("pfs dir");
+    let pfs_root = pfs_scratch();
     let pfs = pfs_root.path().join("pfs");
     fs::create_dir(&pfs).expect("mkdir pfs");
     // A 2 MiB filesystem for a 4 MiB set.
@@ -392,10 +383,7 @@ fn a_full_pfs_keeps_the_set_pending_until_there_is_room() {
 
 #[test]
 fn a_full_cache_evicts_drained_sets_oldest_first_and_never_an_undrained_one() {
-    let pfs_root = tempfile::Builder::new()
-        .prefix("ckptfs-pfs-")
-        .tempdir_in("/var/tmp")
-        .expect("pfs dir");
+    let pfs_root = pfs_scratch();
     let pfs = pfs_root.path().join("pfs");
     let pfs_away = pfs_root.path().join("pfs-down");
     fs::create_dir(&pfs).expect("mkdir pfs");
