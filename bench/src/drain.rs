@@ -43,7 +43,7 @@ use bytesize::ByteSize;
 use clap::ValueEnum;
 use serde_json::Value;
 
-use crate::host::{log_tail, quiesce, run_ok, settle};
+use crate::host::{log_field, log_tail, quiesce, run_ok, settle};
 use crate::machine::{self, Machine};
 use crate::stats::mb_per_s;
 
@@ -784,12 +784,6 @@ fn drain_wait(ck: &Ckptfs, cache: &Path, tier: &[String], log: &Path) -> anyhow:
             .filter(|l| l.contains("set pushed to the DR site"))
             .find_map(|l| log_field(l, "zstd_level")?.parse().ok()),
     })
-}
-
-/// `name=value` in a tracing log line.
-fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
 }
 
 /// `… drained tier=dr job=J set=S bytes_read=N bytes_sent=N skipped=N`

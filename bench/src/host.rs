@@ -38,6 +38,12 @@ pub fn log_tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(20)..].join("\n")
 }
 
+/// `name=value` in a ckptfs tracing log line: the value.
+pub fn log_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+}
+
 /// Run `cmd` to completion; its stdout, or an error with its stderr.
 pub fn run_ok(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
     let out = cmd

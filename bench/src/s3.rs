@@ -25,7 +25,7 @@
 //! server share the cores, and neighbours show up as "others". Nothing here asserts a time: the figures are for
 //! people.
 
-use crate::host::{ckptfs_bin, remove_dir, require_root, tree_bytes, Scratch};
+use crate::host::{ckptfs_bin, log_field, remove_dir, require_root, tree_bytes, Scratch};
 use crate::report::{cells, mib, opt, verdict};
 use crate::stats::Figures;
 use std::collections::HashMap;
@@ -885,19 +885,14 @@ impl Ckptfs {
 fn parse_drained(log: &str) -> HashMap<String, (u64, u64, u64)> {
     let mut out = HashMap::new();
     for line in log.lines().filter(|l| l.contains(" drained ")) {
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
-                .map(str::to_owned)
-        };
-        let num = |name: &str| field(name).and_then(|v| v.parse::<u64>().ok());
+        let num = |name: &str| log_field(line, name).and_then(|v| v.parse::<u64>().ok());
         if let (Some(set), Some(r), Some(s), Some(k)) = (
-            field("set"),
+            log_field(line, "set"),
             num("bytes_read"),
             num("bytes_sent"),
             num("skipped"),
         ) {
-            out.insert(set, (r, s, k));
+            out.insert(set.to_owned(), (r, s, k));
         }
     }
     out

@@ -151,6 +151,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn threads_replacing_one_file_never_leave_it_short() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("LAYOUT");
+        let body = b"ckptfs-store-layout 1\n";
+        let stop = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let reader = s.spawn(|| {
+                let mut short = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok(got) = fs::read(&p) {
+                        short += usize::from(got != body);
+                    }
+                }
+                short
+            });
+            let writers: Vec<_> = (0..4)
+                .map(|_| s.spawn(|| (0..200).find_map(|_| write_atomic(&p, body, 0o644).err())))
+                .collect();
+            let failed: Vec<_> = writers.into_iter().filter_map(|w| w.join().ok()?).collect();
+            stop.store(true, Ordering::Relaxed);
+            let short = reader.join().unwrap_or(usize::MAX);
+            assert!(failed.is_empty(), "a writer failed: {failed:?}");
+            assert_eq!(short, 0, "a reader saw a partial file");
+        });
+        assert_eq!(fs::read(&p).unwrap(), body);
+    }
+
+    #[test]
     fn atomic_replace() {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("m.json");
