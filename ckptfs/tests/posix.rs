@@ -552,10 +552,20 @@ fn stat_chmod_chown_utimens(m: &mut Mount) {
         0o640,
         "cache mode"
     );
+    // A checkpoint is never setuid or setgid (that is what spares every
+    // write a security.capability round trip); a directory keeps setgid.
+    fs::set_permissions(&f, fs::Permissions::from_mode(0o6750)).expect("chmod 6750");
+    assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o750);
+    assert_eq!(
+        fs::metadata(m.c("job/s/f")).unwrap().mode() & 0o7777,
+        0o750,
+        "cache mode after chmod 6750"
+    );
     fs::set_permissions(&f, fs::Permissions::from_mode(0o400)).expect("chmod 400");
     assert_eq!(fs::metadata(&f).unwrap().mode() & 0o7777, 0o400);
+    fs::set_permissions(m.p("job"), fs::Permissions::from_mode(0o2711)).expect("chmod job dir");
+    assert_eq!(fs::metadata(m.p("job")).unwrap().mode() & 0o7777, 0o2711);
     fs::set_permissions(m.p("job"), fs::Permissions::from_mode(0o711)).expect("chmod job dir");
-    assert_eq!(fs::metadata(m.p("job")).unwrap().mode() & 0o7777, 0o711);
     // chown.
     std::os::unix::fs::chown(&f, Some(65534), Some(65534)).expect("chown");
     let md = fs::metadata(&f).unwrap();

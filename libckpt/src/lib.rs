@@ -22,6 +22,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod background;
 pub mod chunk;
 pub mod config;
 pub mod control;

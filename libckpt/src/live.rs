@@ -12,11 +12,12 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::background::Background;
 use crate::io::IoEngine;
 use crate::manifest::Manifest;
 use crate::path::{JobName, RelPath, SetName};
 use crate::set::SetState;
-use crate::store::{seal_file, SetWriter, Store, StoreError};
+use crate::store::{checksum_file, sync_file, SetWriter, Store, StoreError};
 
 /// Why a live-set operation was refused.
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +127,34 @@ impl LiveSet {
     }
 }
 
+/// Files at least this big are synced as they are sealed, so their
+/// writeback overlaps whatever the job does before it commits; the fsync's
+/// fixed cost (a journal commit, a cache flush) is small beside their
+/// bytes. Smaller ones are left to the commit, which syncs them together.
+const SYNC_AT_SEAL: u64 = 8 << 20;
+
+/// A seal computed after the last close: the digest, the mtime before it,
+/// and whether the bytes were synced too.
+fn seal_in_background(
+    engine: &crate::io::IoEngine,
+    path: &std::path::Path,
+    chunk_size: u64,
+) -> Result<
+    (
+        crate::chunk::FileDigest,
+        Option<std::time::SystemTime>,
+        bool,
+    ),
+    StoreError,
+> {
+    let (digest, mtime) = checksum_file(engine, path, chunk_size)?;
+    let synced = digest.size >= SYNC_AT_SEAL;
+    if synced {
+        sync_file(path)?;
+    }
+    Ok((digest, mtime, synced))
+}
+
 /// `rel` with its prefix `from` replaced by `to`, if `rel` is `from` or lies
 /// under it.
 fn moved(rel: &RelPath, from: &RelPath, to: &RelPath) -> Option<RelPath> {
@@ -159,7 +188,7 @@ struct Shared {
     sealed: Condvar,
     /// Job → idle time after which its sets are committed ("*" = any job).
     idle_rules: BTreeMap<String, Duration>,
-    sealer: rayon::ThreadPool,
+    sealer: Background,
     /// Told after every commit (the drain wakes up).
     on_commit: Mutex<Vec<CommitHook>>,
 }
@@ -177,17 +206,13 @@ impl LiveSets {
         seal_engine: Arc<IoEngine>,
         idle_rules: BTreeMap<String, Duration>,
     ) -> Result<LiveSets, StoreError> {
-        let sealer = rayon::ThreadPoolBuilder::new()
-            .num_threads(2)
-            .thread_name(|i| format!("ckptfs-seal-{i}"))
-            .build()
-            .map_err(|e| {
-                StoreError::Io(crate::durable::PathError::new(
-                    "starting seal threads for",
-                    store.root(),
-                    std::io::Error::other(e.to_string()),
-                ))
-            })?;
+        let sealer = Background::start("ckptfs-seal", 2).map_err(|e| {
+            StoreError::Io(crate::durable::PathError::new(
+                "starting seal threads for",
+                store.root(),
+                e,
+            ))
+        })?;
         Ok(LiveSets {
             shared: Arc::new(Shared {
                 store,
@@ -331,12 +356,12 @@ impl LiveSets {
         let this = self.clone();
         self.shared.sealer.spawn(move || {
             let chunk = this.shared.store.options().chunk_size;
-            let result = seal_file(&this.shared.seal_engine, &path, chunk);
+            let result = seal_in_background(&this.shared.seal_engine, &path, chunk);
             let mut sets = this.lock();
             if let Some(s) = sets.get_mut(&key) {
                 s.pending_seals -= 1;
                 match result {
-                    Ok((digest, mtime)) => s.writer.add_seal(&rel, digest, mtime),
+                    Ok((digest, mtime, synced)) => s.writer.add_seal(&rel, digest, mtime, synced),
                     // Commit checksums an unsealed file itself; a file
                     // removed meanwhile simply has no seal.
                     Err(e) => tracing::debug!(file = %path.display(), error = %e, "seal skipped"),

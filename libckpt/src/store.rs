@@ -850,17 +850,14 @@ impl Store {
         let dir = self.set_dir(job, set);
         let tree = walk(&dir)?;
         let chunk_size = self.inner.opts.chunk_size;
-        let files: Vec<FileEntry> = tree
+        // Each file's entry, and whether its bytes still have to be synced.
+        let entries: Vec<(FileEntry, bool)> = tree
             .files
             .par_iter()
             .map(|(rel, path, md)| {
-                let digest = match seals.get(rel) {
-                    Some(s) if s.matches(md) => s.digest.clone(),
-                    _ => {
-                        let d = self.engine().digest_file(path, chunk_size)?;
-                        sync_file(path)?;
-                        d
-                    }
+                let (digest, synced) = match seals.get(rel) {
+                    Some(s) if s.matches(md) => (s.digest.clone(), s.synced),
+                    _ => (self.engine().digest_file(path, chunk_size)?, false),
                 };
                 if digest.size != md.len() {
                     return Err(StoreError::Io(PathError::new(
@@ -869,16 +866,24 @@ impl Store {
                         io::Error::other("the file changed size while being committed"),
                     )));
                 }
-                Ok(FileEntry {
+                let entry = FileEntry {
                     path: rel.clone(),
                     size: digest.size,
                     mode: md.mode() & 0o7777,
                     mtime: md.modified().unwrap_or(SystemTime::UNIX_EPOCH),
                     chunk_size: digest.chunk_size,
                     crc32c: digest.crc32c,
-                })
+                };
+                Ok((entry, synced))
             })
             .collect::<Result<_>>()?;
+        let unsynced: Vec<PathBuf> = entries
+            .iter()
+            .filter(|(_, synced)| !synced)
+            .map(|(e, _)| e.path.under(&dir))
+            .collect();
+        durable::sync_files(&dir, &unsynced)?;
+        let files = entries.into_iter().map(|(e, _)| e).collect();
         self.put_manifest(job, set, created, files, &tree.dirs)
     }
 
@@ -926,6 +931,8 @@ impl Store {
 struct Seal {
     digest: FileDigest,
     mtime: Option<SystemTime>,
+    /// The bytes are on disk already; else the commit syncs them.
+    synced: bool,
 }
 
 impl Seal {
@@ -989,16 +996,30 @@ impl SetWriter {
         let path = rel.under(&self.dir);
         let (digest, mtime) =
             seal_file(self.store.engine(), &path, self.store.inner.opts.chunk_size)?;
-        self.add_seal(rel, digest.clone(), mtime);
+        self.add_seal(rel, digest.clone(), mtime, true);
         Ok(digest)
     }
 
     /// Record a seal computed elsewhere (e.g. in the background from the
     /// page cache). `mtime` must be the file's modification time read
     /// *before* the digest was computed: if the file changed since, commit
-    /// sees a different mtime and checksums it again.
-    pub fn add_seal(&mut self, rel: &RelPath, digest: FileDigest, mtime: Option<SystemTime>) {
-        self.seals.insert(rel.clone(), Seal { digest, mtime });
+    /// sees a different mtime and checksums it again. `synced`: the bytes
+    /// were synced after that; if not, the commit syncs them.
+    pub fn add_seal(
+        &mut self,
+        rel: &RelPath,
+        digest: FileDigest,
+        mtime: Option<SystemTime>,
+        synced: bool,
+    ) {
+        self.seals.insert(
+            rel.clone(),
+            Seal {
+                digest,
+                mtime,
+                synced,
+            },
+        );
     }
 
     /// The files sealed and unchanged since, as manifest entries (for the
@@ -1053,6 +1074,7 @@ impl SetWriter {
             Seal {
                 digest,
                 mtime: md.modified().ok(),
+                synced: true,
             },
         );
         Ok(())
@@ -1183,13 +1205,23 @@ pub fn seal_file(
     path: &Path,
     chunk_size: u64,
 ) -> Result<(FileDigest, Option<SystemTime>)> {
+    let sealed = checksum_file(engine, path, chunk_size)?;
+    sync_file(path)?;
+    Ok(sealed)
+}
+
+/// [`seal_file`] without the sync.
+pub fn checksum_file(
+    engine: &IoEngine,
+    path: &Path,
+    chunk_size: u64,
+) -> Result<(FileDigest, Option<SystemTime>)> {
     let mtime = fs::metadata(path).at("reading", path)?.modified().ok();
     let digest = engine.digest_file(path, chunk_size)?;
-    sync_file(path)?;
     Ok((digest, mtime))
 }
 
-fn sync_file(path: &Path) -> Result<(), PathError> {
+pub(crate) fn sync_file(path: &Path) -> Result<(), PathError> {
     File::open(path)
         .and_then(|f| f.sync_all())
         .at("syncing", path)

@@ -32,6 +32,21 @@ fn time(secs: i64, nsecs: i64) -> SystemTime {
     }
 }
 
+/// The permission bits a file under /ckpt may carry. Regular files never
+/// keep setuid or setgid: a checkpoint is data, not a program to run with
+/// its owner's rights. That is also what lets the kernel skip a
+/// `security.capability` lookup on every write: with no
+/// setuid bit and no capability ever present, there is nothing for a
+/// write to strip (FUSE_HANDLE_KILLPRIV_V2, set in `init`).
+pub fn kept_perm(is_file: bool, mode: u32) -> u32 {
+    let perm = mode & 0o7777;
+    if is_file {
+        perm & !(libc::S_ISUID | libc::S_ISGID)
+    } else {
+        perm
+    }
+}
+
 /// `root`: the top of the mount, shown as a sticky world-writable directory
 /// (like /tmp) so every user can create their own job directories, which
 /// the daemon then gives to them.
@@ -39,7 +54,7 @@ pub fn from_metadata(ino: u64, md: &Metadata, root: bool) -> FileAttr {
     let perm = if root {
         0o1777
     } else {
-        (md.mode() & 0o7777) as u16
+        kept_perm(md.is_file(), md.mode()) as u16
     };
     FileAttr {
         ino: INodeNo(ino),

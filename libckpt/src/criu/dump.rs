@@ -276,7 +276,7 @@ pub fn dump(store: &Store, criu: &Criu, opts: &DumpOptions) -> Result<DumpReport
         )?;
         make_private(&dir, uid, gid)?;
         for (rel, digest, mtime) in seal_all(&dir, chunk_size, partials)? {
-            writer.add_seal(&rel, digest, mtime);
+            writer.add_seal(&rel, digest, mtime, true);
         }
         let mut m = writer.commit()?;
         if let Some(p) = &parent {
