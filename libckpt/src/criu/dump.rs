@@ -211,10 +211,12 @@ pub fn dump(store: &Store, criu: &Criu, opts: &DumpOptions) -> Result<DumpReport
     tracing::info!(pid, job = %job, set = %set, parent = ?parent, "criu dump");
     let chunk_size = store.options().chunk_size;
     // A full dump's page images stay as they are: checksum them and start
-    // their writeback while CRIU writes them.
-    let streamer = parent
-        .is_none()
-        .then(|| Streamer::start(&dir, chunk_size, !opts.leave_running));
+    // their writeback while CRIU writes them. Not with --leave-running:
+    // CRIU keeps the tree frozen until its last write, and reading the
+    // images alongside it lengthened that freeze by 0.15–0.3 s (0.99–1.14 s
+    // against 0.80–0.87 s for 2 GiB) while the whole dump took no less.
+    let streamer =
+        (parent.is_none() && !opts.leave_running).then(|| Streamer::start(&dir, chunk_size));
     let criu_started = Instant::now();
     let out = cmd.output();
     let criu_seconds = criu_started.elapsed().as_secs_f64();

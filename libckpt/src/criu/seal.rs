@@ -77,17 +77,14 @@ struct Tracked {
 }
 
 impl Streamer {
-    ///
-    /// `writeback`: also start writing the images back while CRIU writes
-    /// them. That shortens the whole dump, but CRIU's own writes then wait
-    /// on the disk, and with `--leave-running` the process stays frozen
-    /// for as long as CRIU runs: there the freeze matters more.
-    pub fn start(dir: &Path, chunk_size: u64, writeback: bool) -> Streamer {
+    /// Only for a tree CRIU leaves stopped: with `--leave-running` the tree
+    /// stays frozen for as long as CRIU runs, and this work slows CRIU.
+    pub fn start(dir: &Path, chunk_size: u64) -> Streamer {
         let stop = Arc::new(AtomicBool::new(false));
         let (dir, flag) = (dir.to_owned(), stop.clone());
         let handle = std::thread::Builder::new()
             .name("ckptfs-dump-seal".into())
-            .spawn(move || stream(&dir, chunk_size, writeback, &flag))
+            .spawn(move || stream(&dir, chunk_size, &flag))
             .ok();
         Streamer { stop, handle }
     }
@@ -111,12 +108,7 @@ impl Drop for Streamer {
     }
 }
 
-fn stream(
-    dir: &Path,
-    chunk_size: u64,
-    writeback: bool,
-    stop: &AtomicBool,
-) -> HashMap<PathBuf, Partial> {
+fn stream(dir: &Path, chunk_size: u64, stop: &AtomicBool) -> HashMap<PathBuf, Partial> {
     let mut files: HashMap<PathBuf, Tracked> = HashMap::new();
     let mut buf = vec![0u8; chunk_size as usize];
     while !stop.load(Ordering::SeqCst) {
@@ -145,7 +137,7 @@ fn stream(
                     continue;
                 };
                 let size = t.file.metadata().map(|m| m.len()).unwrap_or(0);
-                if writeback && size > t.flushed {
+                if size > t.flushed {
                     // Start writeback now; the commit's fsync then has
                     // little left to wait for.
                     // SAFETY: sync_file_range on an fd we own, no pointers.
@@ -208,7 +200,7 @@ mod tests {
     fn streamed_and_parallel_digests_match_the_plain_one() {
         let d = crate::testutil::scratch("ckpt-seal-");
         let chunk = 4096u64;
-        let s = Streamer::start(d.path(), chunk, true);
+        let s = Streamer::start(d.path(), chunk);
         let p = d.path().join("pages-1.img");
         let mut f = File::create(&p).unwrap();
         let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7 % 251) as u8).collect();
