@@ -7,12 +7,14 @@
 //! seal done), and when an idle set is committed on the application's behalf.
 
 use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
 
 use crate::background::Background;
+use crate::chunk::FileDigest;
 use crate::io::IoEngine;
 use crate::manifest::Manifest;
 use crate::path::{JobName, RelPath, SetName};
@@ -136,17 +138,10 @@ const SYNC_AT_SEAL: u64 = 8 << 20;
 /// A seal computed after the last close: the digest, the mtime before it,
 /// and whether the bytes were synced too.
 fn seal_in_background(
-    engine: &crate::io::IoEngine,
-    path: &std::path::Path,
+    engine: &IoEngine,
+    path: &Path,
     chunk_size: u64,
-) -> Result<
-    (
-        crate::chunk::FileDigest,
-        Option<std::time::SystemTime>,
-        bool,
-    ),
-    StoreError,
-> {
+) -> Result<(FileDigest, Option<SystemTime>, bool), StoreError> {
     let (digest, mtime) = checksum_file(engine, path, chunk_size)?;
     let synced = digest.size >= SYNC_AT_SEAL;
     if synced {
