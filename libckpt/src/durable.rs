@@ -87,6 +87,14 @@ pub fn sync_dir(dir: &Path) -> Result<(), PathError> {
         .at("syncing directory", dir)
 }
 
+/// Reopen `path` and fsync it: its bytes and metadata become durable, and a
+/// writeback error since it was written is reported here.
+pub fn sync_file(path: &Path) -> Result<(), PathError> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .at("syncing", path)
+}
+
 /// Beyond this many files, one `syncfs` beats an fsync each: on ext4 every
 /// fsync ends in a journal commit or a cache flush of its own, so ten
 /// thousand small files cost ten thousand disk round trips; `syncfs`
@@ -100,9 +108,7 @@ pub const SYNCFS_ABOVE: usize = 32;
 pub fn sync_files(dir: &Path, files: &[PathBuf]) -> Result<(), PathError> {
     use rayon::prelude::*;
     if files.len() <= SYNCFS_ABOVE {
-        return files
-            .par_iter()
-            .try_for_each(|p| File::open(p).and_then(|f| f.sync_all()).at("syncing", p));
+        return files.par_iter().try_for_each(|p| sync_file(p));
     }
     syncfs(dir)
 }

@@ -15,11 +15,12 @@ use serde::Serialize;
 
 use crate::background::Background;
 use crate::chunk::FileDigest;
+use crate::durable::sync_file;
 use crate::io::IoEngine;
 use crate::manifest::Manifest;
 use crate::path::{JobName, RelPath, SetName};
 use crate::set::SetState;
-use crate::store::{checksum_file, sync_file, SetWriter, Store, StoreError};
+use crate::store::{checksum_file, SetWriter, Store, StoreError};
 
 /// Why a live-set operation was refused.
 #[derive(Debug, thiserror::Error)]

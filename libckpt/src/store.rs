@@ -1206,7 +1206,7 @@ pub fn seal_file(
     chunk_size: u64,
 ) -> Result<(FileDigest, Option<SystemTime>)> {
     let sealed = checksum_file(engine, path, chunk_size)?;
-    sync_file(path)?;
+    durable::sync_file(path)?;
     Ok(sealed)
 }
 
@@ -1219,12 +1219,6 @@ pub fn checksum_file(
     let mtime = fs::metadata(path).at("reading", path)?.modified().ok();
     let digest = engine.digest_file(path, chunk_size)?;
     Ok((digest, mtime))
-}
-
-pub(crate) fn sync_file(path: &Path) -> Result<(), PathError> {
-    File::open(path)
-        .and_then(|f| f.sync_all())
-        .at("syncing", path)
 }
 
 fn dir_names(dir: &Path) -> Result<Vec<String>, PathError> {

@@ -365,9 +365,7 @@ fn seal_all(
         .map(|(rel, path, partial)| {
             let mtime = fs::metadata(&path).at("reading", &path)?.modified().ok();
             let digest = seal::finish_digest(&path, chunk_size, partial)?;
-            fs::File::open(&path)
-                .and_then(|f| f.sync_all())
-                .at("syncing", &path)?;
+            durable::sync_file(&path)?;
             Ok((rel, digest, mtime))
         })
         .collect()
