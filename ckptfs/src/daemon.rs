@@ -316,6 +316,7 @@ fn prepare(config: &Config, req: &MountRequest) -> Result<Arc<Daemon>> {
         root: store.root().to_owned(),
         want_passthrough: config.mount.passthrough,
         passthrough: AtomicBool::new(false),
+        direct_io_mmap: AtomicBool::new(false),
         passthrough_reason: Mutex::new(None),
         counters: Counters::default(),
     });

@@ -668,6 +668,59 @@ fn statfs_reports_the_cache(m: &mut Mount) {
     assert!(close(avail(&after), avail(&cache_after)));
 }
 
+both_paths!(mmap_shared_write_then_commit);
+/// Codes that map their state and `msync` it: a shared writable mapping of
+/// a file opened read-write. On the fallback path write handles use direct
+/// I/O, which the kernel maps only with FUSE_DIRECT_IO_ALLOW_MMAP.
+fn mmap_shared_write_then_commit(m: &mut Mount) {
+    let set = m.new_set("job", "s");
+    let f = set.join("mapped");
+    let len = 3 * 4096 + 100;
+    let fh = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&f)
+        .unwrap();
+    fh.set_len(len as u64).unwrap();
+    let want = pattern(len, 9);
+    // SAFETY: a fresh shared mapping of `len` bytes of an open descriptor;
+    // checked against MAP_FAILED before use.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            std::os::fd::AsRawFd::as_raw_fd(&fh),
+            0,
+        )
+    };
+    assert_ne!(
+        p,
+        libc::MAP_FAILED,
+        "mmap MAP_SHARED: {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `p` maps `len` writable bytes until the munmap below.
+    unsafe { std::ptr::copy_nonoverlapping(want.as_ptr(), p.cast::<u8>(), len) };
+    // SAFETY: `p`/`len` are the mapping made above.
+    let synced = unsafe { libc::msync(p, len, libc::MS_SYNC) };
+    assert_eq!(synced, 0, "msync: {}", std::io::Error::last_os_error());
+    // SAFETY: as above; not used afterwards.
+    assert_eq!(unsafe { libc::munmap(p, len) }, 0);
+    drop(fh);
+    assert_bytes_eq(&read_file(&f), &want, "read back through the mount");
+    assert_bytes_eq(
+        &read_file(&m.c("job/s/mapped")),
+        &want,
+        "the bytes in the cache",
+    );
+    m.commit_ok("job", "s");
+    m.verify_ok("job", "s");
+}
+
 both_paths!(sparse_file_at_1gib);
 fn sparse_file_at_1gib(m: &mut Mount) {
     let set = m.new_set("job", "s");
@@ -981,6 +1034,12 @@ fn reader_and_writer_share_a_file(m: &mut Mount) {
     write_file(&f, &pattern(8192, 1));
     m.wait_state(&f, "sealed", WAIT);
     let reader = File::open(&f).unwrap();
+    // The reader caches the old bytes first: a write handle on the
+    // fallback path bypasses the page cache, and must still not leave the
+    // reader looking at stale pages.
+    let mut old = vec![0u8; 8192];
+    reader.read_exact_at(&mut old, 0).unwrap();
+    assert_bytes_eq(&old, &pattern(8192, 1), "reader before the write");
     let writer = OpenOptions::new().write(true).open(&f).unwrap();
     let fresh = pattern(8192, 2);
     writer.write_all_at(&fresh, 4096).unwrap();
