@@ -136,6 +136,12 @@ impl LiveSet {
 /// bytes. Smaller ones are left to the commit, which syncs them together.
 const SYNC_AT_SEAL: u64 = 8 << 20;
 
+/// Files smaller than this are sealed on the thread that reports their
+/// close. Handing a 64 KiB seal to the pool cost more than the seal: the
+/// wakeup of a seal thread, on 2 cores, competes with the writer's next
+/// file (`ckpt-bench fuse --only files`).
+const SEAL_INLINE: u64 = 1 << 20;
+
 /// A seal computed after the last close: the digest, the mtime before it,
 /// and whether the bytes were synced too.
 fn seal_in_background(
@@ -324,8 +330,10 @@ impl LiveSets {
     }
 
     /// A write handle of file `id` was closed. On the last one the file is
-    /// sealed in the background under the name it has now; `close()` does
-    /// not wait.
+    /// sealed under the name it has now. Called from FUSE's RELEASE, which
+    /// the kernel sends after `close()` has returned: a file below
+    /// [`SEAL_INLINE`] is sealed on the calling thread, bigger ones on the
+    /// seal pool so the request threads stay free.
     pub fn closed_for_write(&self, id: u64) {
         let mut sets = self.lock();
         let Some((key, s)) = sets.iter_mut().find(|(_, s)| s.open.contains_key(&id)) else {
@@ -350,7 +358,8 @@ impl LiveSets {
         let path = rel.under(s.writer.dir());
         drop(sets);
         let this = self.clone();
-        self.shared.sealer.spawn(move || {
+        let small = std::fs::metadata(&path).is_ok_and(|m| m.len() < SEAL_INLINE);
+        let job = move || {
             let chunk = this.shared.store.options().chunk_size;
             let result = seal_in_background(&this.shared.seal_engine, &path, chunk);
             let mut sets = this.lock();
@@ -365,7 +374,12 @@ impl LiveSets {
             }
             drop(sets);
             this.shared.sealed.notify_all();
-        });
+        };
+        if small {
+            job();
+        } else {
+            self.shared.sealer.spawn(job);
+        }
     }
 
     /// A file of a live set was removed.

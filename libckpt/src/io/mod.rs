@@ -329,7 +329,16 @@ impl IoEngine {
     ) -> Result<FileDigest, IoError> {
         let mut hasher = new_hasher(chunk_size)?;
         let (mut target, size) = Target::open_read(path, self.opts.direct)?;
-        match self.rings.as_ref().and_then(uring::RingPool::checkout) {
+        // A file that fits in one buffer is one read(2). Through a ring it
+        // costs a submission too and, where the filesystem cannot read
+        // without blocking (tmpfs), a hop to an io_uring worker thread: for
+        // the seal of each 64 KiB file behind /ckpt, that was 15 % fewer
+        // files per second.
+        let ring = match size > self.opts.buffer_size as u64 {
+            true => self.rings.as_ref().and_then(uring::RingPool::checkout),
+            false => None,
+        };
+        match ring {
             Some(mut ring) => uring::read_all(ring.get(), &mut target, size, &mut hasher, sink)?,
             None => {
                 let mut buf = self.bufs.checkout().map_err(|e| target.read_err(0, e))?;
