@@ -95,6 +95,24 @@ pub fn sync_file(path: &Path) -> Result<(), PathError> {
         .at("syncing", path)
 }
 
+/// Start writing back `len` bytes of `file` from `from` (0: to the end)
+/// and return without waiting for the disk, so that a later fsync has
+/// little left to do. Advice only: an error here would show again at that
+/// fsync, so it is ignored.
+pub fn start_writeback(file: &File, from: u64, len: u64) {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: sync_file_range on an fd we hold open for the call; no
+    // memory is passed.
+    unsafe {
+        libc::sync_file_range(
+            file.as_raw_fd(),
+            from as i64,
+            len as i64,
+            libc::SYNC_FILE_RANGE_WRITE,
+        );
+    }
+}
+
 /// Beyond this many files, one `syncfs` beats an fsync each: on ext4 every
 /// fsync ends in a journal commit or a cache flush of its own, so ten
 /// thousand small files cost ten thousand disk round trips; `syncfs`

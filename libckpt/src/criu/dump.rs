@@ -337,7 +337,10 @@ fn notify_daemon(store: &Store, job: &JobName, set: &SetName) {
 
 /// Checksum and sync every file of the dump, in parallel (chunks of a
 /// large file too), finishing what the streamer began: the commit then
-/// has only the manifest left to write.
+/// has only the manifest left to write. A side thread first starts every
+/// file's writeback, so the disk writes while the checksums read from the
+/// page cache; else it would start only at the fsync, after the last
+/// checksum (where no streamer ran: `--leave-running`).
 fn seal_all(
     dir: &Path,
     chunk_size: u64,
@@ -360,7 +363,17 @@ fn seal_all(
         let partial = partials.remove(e.path());
         files.push((rel, e.path().to_owned(), partial));
     }
-    files
+    let paths: Vec<PathBuf> = files.iter().map(|(_, p, _)| p.clone()).collect();
+    let flusher = std::thread::Builder::new()
+        .name("ckptfs-writeback".into())
+        .spawn(move || {
+            for p in paths {
+                if let Ok(f) = fs::File::open(&p) {
+                    durable::start_writeback(&f, 0, 0);
+                }
+            }
+        });
+    let sealed = files
         .into_par_iter()
         .map(|(rel, path, partial)| {
             let mtime = fs::metadata(&path).at("reading", &path)?.modified().ok();
@@ -368,7 +381,11 @@ fn seal_all(
             durable::sync_file(&path)?;
             Ok((rel, digest, mtime))
         })
-        .collect()
+        .collect();
+    if let Ok(h) = flusher {
+        let _ = h.join();
+    }
+    sealed
 }
 
 /// A private directory for CRIU's log and work files, outside the set.

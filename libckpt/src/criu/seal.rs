@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,7 +21,7 @@ use rayon::prelude::*;
 
 use super::pages::is_page_image;
 use crate::chunk::FileDigest;
-use crate::durable::{IoContext, PathError};
+use crate::durable::{start_writeback, IoContext, PathError};
 
 /// crc32c of chunks `first..` of `path` (`size` bytes), in parallel.
 pub fn crcs_from(
@@ -140,15 +139,7 @@ fn stream(dir: &Path, chunk_size: u64, stop: &AtomicBool) -> HashMap<PathBuf, Pa
                 if size > t.flushed {
                     // Start writeback now; the commit's fsync then has
                     // little left to wait for.
-                    // SAFETY: sync_file_range on an fd we own, no pointers.
-                    unsafe {
-                        libc::sync_file_range(
-                            t.file.as_raw_fd(),
-                            t.flushed as i64,
-                            (size - t.flushed) as i64,
-                            libc::SYNC_FILE_RANGE_WRITE,
-                        );
-                    }
+                    start_writeback(&t.file, t.flushed, size - t.flushed);
                     t.flushed = size;
                 }
                 // A few chunks per pass, so every file keeps up.
