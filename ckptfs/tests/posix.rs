@@ -24,6 +24,17 @@ fn read_file(p: &Path) -> Vec<u8> {
     fs::read(p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
+/// Create (or truncate) `p` for reading and writing.
+fn create_rw(p: &Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(p)
+        .unwrap_or_else(|e| panic!("create {}: {e}", p.display()))
+}
+
 fn names(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(dir)
         .unwrap_or_else(|e| panic!("readdir {}: {e}", dir.display()))
@@ -97,13 +108,7 @@ both_paths!(pwrite_arbitrary_offsets);
 fn pwrite_arbitrary_offsets(m: &mut Mount) {
     let set = m.new_set("job", "s");
     let f = set.join("pw.bin");
-    let fh = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&f)
-        .expect("create");
+    let fh = create_rw(&f);
     let mut shadow: Vec<u8> = Vec::new();
     // A fixed pseudo-random sequence of (offset, length) writes: unaligned,
     // overlapping, past the end (leaving holes), backwards.
@@ -676,13 +681,7 @@ fn mmap_shared_write_then_commit(m: &mut Mount) {
     let set = m.new_set("job", "s");
     let f = set.join("mapped");
     let len = 3 * 4096 + 100;
-    let fh = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&f)
-        .unwrap();
+    let fh = create_rw(&f);
     fh.set_len(len as u64).unwrap();
     let want = pattern(len, 9);
     // SAFETY: a fresh shared mapping of `len` bytes of an open descriptor;
@@ -725,13 +724,7 @@ both_paths!(sparse_file_at_1gib);
 fn sparse_file_at_1gib(m: &mut Mount) {
     let set = m.new_set("job", "s");
     let f = set.join("sparse");
-    let fh = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&f)
-        .unwrap();
+    let fh = create_rw(&f);
     let off = 1u64 << 30;
     fh.write_all_at(b"end", off).expect("write at 1 GiB");
     fh.write_all_at(b"start", 0).expect("write at 0");
