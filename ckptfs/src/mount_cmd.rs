@@ -137,10 +137,14 @@ pub fn print_status(v: &Value) {
         v["cache_fs_fill_percent"].as_f64().unwrap_or(0.0)
     );
     let dp = &v["data_path"];
-    match dp["reason"].as_str() {
-        Some(r) => println!("data path:  {} ({r})", dp["mode"].as_str().unwrap_or("?")),
-        None => println!("data path:  {}", dp["mode"].as_str().unwrap_or("?")),
+    let mut line = format!("data path:  {}", dp["mode"].as_str().unwrap_or("?"));
+    if let Some(r) = dp["reason"].as_str() {
+        line += &format!(" ({r})");
     }
+    if let Some(w) = dp["writes"].as_str() {
+        line += &format!("; writes {w}");
+    }
+    println!("{line}");
     match v["io"]["fallback_reason"].as_str() {
         Some(r) => println!(
             "I/O engine: {} ({r})",

@@ -55,6 +55,9 @@ pub struct DataPath {
     pub mode: String,
     /// Why passthrough is not in use, when it is not.
     pub reason: Option<String>,
+    /// On the fallback path, how write handles reach the daemon: "direct"
+    /// (past the kernel's page cache) or "buffered" (kernels before 6.6).
+    pub writes: Option<String>,
 }
 
 /// Counters for status.
@@ -84,13 +87,18 @@ pub struct Shared {
 impl Shared {
     pub fn data_path(&self) -> DataPath {
         let on = self.passthrough.load(Ordering::Relaxed);
+        if on {
+            return DataPath {
+                mode: "passthrough".to_owned(),
+                reason: None,
+                writes: None,
+            };
+        }
+        let direct = self.direct_io_mmap.load(Ordering::Relaxed);
         DataPath {
-            mode: if on { "passthrough" } else { "fallback" }.to_owned(),
-            reason: if on {
-                None
-            } else {
-                lock(&self.passthrough_reason).clone()
-            },
+            mode: "fallback".to_owned(),
+            reason: lock(&self.passthrough_reason).clone(),
+            writes: Some(if direct { "direct" } else { "buffered" }.to_owned()),
         }
     }
 }

@@ -316,6 +316,18 @@ impl Mount {
             "data path in status: {}",
             st["data_path"]
         );
+        // Every kernel with passthrough also lets the fallback path write
+        // past the page cache (FUSE_DIRECT_IO_ALLOW_MMAP, 6.6).
+        let writes = match self.opts.data_path {
+            DataPath::Passthrough => None,
+            DataPath::Fallback => Some("direct"),
+        };
+        assert_eq!(
+            st["data_path"]["writes"].as_str(),
+            writes,
+            "fallback writes in status: {}",
+            st["data_path"]
+        );
     }
 
     /// After a test body: the data path is still the one asked for and no
