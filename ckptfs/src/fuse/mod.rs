@@ -275,15 +275,12 @@ impl CkptFs {
         Ok((fh, entry))
     }
 
-    /// Register `entry` with the kernel as a passthrough backing file,
-    /// sharing one backing id per inode. `None` means: use the fallback
-    /// path for this file.
     /// Open flags of a handle on the fallback path. Write handles skip the
     /// kernel's page cache: buffered, each write was first copied into
     /// fresh FUSE pages, then by the daemon into the cache file's pages,
     /// and `perf` put the writer's copy on a par with the daemon's
     /// (`ckpt-bench fuse` sequential write: 0.3–0.4× of direct before,
-    /// 0.8× after). Buffered writes were synchronous round trips already;
+    /// 0.7–0.9× after). Buffered writes were synchronous round trips already;
     /// what changes is that reads through a write handle go to the daemon
     /// too. Needs the kernel to allow shared mappings of such files (Linux
     /// 6.6), else they stay buffered.
@@ -295,6 +292,9 @@ impl CkptFs {
         }
     }
 
+    /// Register `entry` with the kernel as a passthrough backing file,
+    /// sharing one backing id per inode. `None` means: use the fallback
+    /// path for this file.
     fn backing_id<F>(&self, entry: &FileHandleEntry, register: F) -> Option<Arc<fuser::BackingId>>
     where
         F: FnOnce(&File) -> io::Result<fuser::BackingId>,

@@ -334,9 +334,10 @@ impl IoEngine {
         // without blocking (tmpfs), a hop to an io_uring worker thread: for
         // the seal of each 64 KiB file behind /ckpt, that was 15 % fewer
         // files per second.
-        let ring = match size > self.opts.buffer_size as u64 {
-            true => self.rings.as_ref().and_then(uring::RingPool::checkout),
-            false => None,
+        let ring = if size > self.opts.buffer_size as u64 {
+            self.rings.as_ref().and_then(uring::RingPool::checkout)
+        } else {
+            None
         };
         match ring {
             Some(mut ring) => uring::read_all(ring.get(), &mut target, size, &mut hasher, sink)?,
