@@ -86,13 +86,14 @@ say "an S3 object store: SeaweedFS on 127.0.0.1:$s3port, bucket ckpt-demo"
 printf '{"identities":[{"name":"demo","credentials":[{"accessKey":"%s","secretKey":"%s"}],"actions":["Admin","Read","Write","List"]}]}' \
     "$AWS_ACCESS_KEY_ID" "$AWS_SECRET_ACCESS_KEY" > "$tiers/s3.json"
 weed=/opt/ckptfs/seaweedfs/bin/weed
-"$weed" server -dir="$tiers/s3" -ip=127.0.0.1 -master.port=$((s3port + 1)) -master.telemetry=false \
+# -logdir: glog writes to /tmp by default, where nothing removes its files.
+"$weed" -logdir="$tiers" server -dir="$tiers/s3" -ip=127.0.0.1 -master.port=$((s3port + 1)) -master.telemetry=false \
     -master.electionTimeout=500ms -volume.port=$((s3port + 2)) -volume.max=50 -filer.port=$((s3port + 3)) \
     -s3 -s3.port="$s3port" -s3.config="$tiers/s3.json" -s3.port.iceberg=0 -s3.port.lance=0 \
     -s3.autoCreateBucket=false >"$tiers/weed.log" 2>&1 &
 weed_pid=$!
 for _ in $(seq 1 300); do
-    echo "s3.bucket.create -name ckpt-demo" | timeout 20 "$weed" shell -master="127.0.0.1:$((s3port + 1))" 2>/dev/null \
+    echo "s3.bucket.create -name ckpt-demo" | timeout 20 "$weed" -logdir="$tiers" shell -master="127.0.0.1:$((s3port + 1))" 2>/dev/null \
         | grep -q "created bucket\|already exist" && break
     sleep 0.2
 done

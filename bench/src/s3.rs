@@ -402,6 +402,8 @@ struct Weed {
     child: Option<Child>,
     pid: u32,
     log: PathBuf,
+    /// Where glog writes (by default /tmp, where nothing removes them).
+    logdir: PathBuf,
     master: u16,
     s3: u16,
     ports: [u16; 4],
@@ -431,7 +433,8 @@ impl Weed {
                 cmd.env_remove(k);
             }
         }
-        cmd.arg("server")
+        cmd.arg(format!("-logdir={}", dir.display()))
+            .arg("server")
             .arg(format!("-dir={}", data.display()))
             .arg("-ip=127.0.0.1")
             .arg(format!("-master.port={master}"))
@@ -465,6 +468,7 @@ impl Weed {
             pid: child.id(),
             child: Some(child),
             log: log.to_owned(),
+            logdir: dir.to_owned(),
             master,
             s3,
             ports,
@@ -536,6 +540,7 @@ impl Weed {
     /// One `weed shell` command; its output.
     fn shell(&self, command: &str) -> anyhow::Result<String> {
         let mut child = Command::new(&self.bin)
+            .arg(format!("-logdir={}", self.logdir.display()))
             .arg("shell")
             .arg(format!("-master=127.0.0.1:{}", self.master))
             .stdin(Stdio::piped())

@@ -416,7 +416,9 @@ fn weed_command(home: &Path, log: &Path, banner: &str, args: &[OsString]) -> Com
         .unwrap_or_else(|e| panic!("open {}: {e}", log.display()));
     let _ = writeln!(f, "--- {banner} ---");
     let mut c = Command::new(weed_bin());
-    c.args(args)
+    // glog writes to /tmp by default, where nothing removes its files.
+    c.arg(format!("-logdir={}", home.display()))
+        .args(args)
         .current_dir(home)
         .env("HOME", home)
         .stdin(Stdio::null())
