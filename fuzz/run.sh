@@ -64,6 +64,12 @@ for t in "${targets[@]}"; do
     fi
 done
 
+# dr_request keeps a scratch store per fuzzer process, and libFuzzer exits
+# without unwinding: each run clears the dead ones' but leaves its own.
+for d in /dev/shm/ckptfs-fuzz-dr-* /tmp/ckptfs-fuzz-dr-*; do
+    [ -d "$d" ] && [ ! -d "/proc/${d##*-}" ] && rm -rf "$d"
+done
+
 if [ "${#failed[@]}" -ne 0 ]; then
     echo "fuzz/run.sh: failing targets: ${failed[*]}" >&2
     exit 1
