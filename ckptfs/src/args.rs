@@ -104,10 +104,11 @@ pub struct Global {
     #[arg(long, global = true, value_name = "SIZE")]
     pub dr_rate: Option<ByteSize>,
 
-    /// zstd level for the DR tier, 1–19, or `auto`: 1–9, lower while the
-    /// link waits for the compressor, higher while the link is more than
-    /// twice slower [config: dr.zstd_level; default auto].
-    #[arg(long, global = true, value_name = "N|auto")]
+    /// zstd level for the DR tier, 1–19, -7 to -1 (zstd's fast levels),
+    /// or `auto`: -5 to 9, lower while the link waits for the compressor,
+    /// higher while the link is more than twice slower [config:
+    /// dr.zstd_level; default auto].
+    #[arg(long, global = true, value_name = "N|auto", allow_hyphen_values = true)]
     pub dr_zstd_level: Option<libckpt::dr::level::ZstdLevel>,
 
     /// Transport to the DR site, and for `serve` the ones it listens on:

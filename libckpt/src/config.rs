@@ -217,8 +217,9 @@ pub struct DrConfig {
     pub key: PathBuf,
     pub keep: usize,
     pub rate: ByteSize,
-    /// zstd level for chunks on the wire and at rest: 1–19, or `auto`
-    /// (1–9, after whichever of compression and the link is slower).
+    /// zstd level for chunks on the wire and at rest: 1–19, -7 to -1
+    /// (zstd's fast levels), or `auto` (-5 to 9, after whichever of
+    /// compression and the link is slower).
     pub zstd_level: crate::dr::level::ZstdLevel,
     /// `auto` (RDMA when a verbs device reaches the site, else TCP),
     /// `tcp` or `rdma`.
@@ -726,7 +727,11 @@ impl Config {
         if !self.dr.zstd_level.is_valid() {
             return fail(
                 "dr.zstd_level",
-                format!("{} is outside 1..=19", self.dr.zstd_level),
+                format!(
+                    "{} is not one of {}",
+                    self.dr.zstd_level,
+                    crate::dr::level::FIXED_TEXT
+                ),
             );
         }
         {

@@ -7,7 +7,7 @@
 //! authentication failure or a refused request is [`TierError::Refused`]:
 //! retrying would not change it.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -33,6 +33,8 @@ pub struct DrTier {
     level: ZstdLevel,
     /// Under `auto`, the level the last push ended at.
     learned: Arc<Mutex<Option<i32>>>,
+    /// Where `learned` outlives this process (see [`DrTier::with_level_file`]).
+    level_file: Option<PathBuf>,
     retry: Retry,
     connect_timeout: Duration,
     io_timeout: Duration,
@@ -54,12 +56,8 @@ impl DrTier {
     pub fn new(addr: String, key_file: &Path, zstd_level: ZstdLevel) -> Result<DrTier, DrError> {
         let key = Key::load(key_file)?;
         if let ZstdLevel::Fixed(level) = zstd_level {
-            if !level::FIXED.contains(&level) {
-                return Err(DrError::Level {
-                    level,
-                    min: *level::FIXED.start(),
-                    max: *level::FIXED.end(),
-                });
+            if !level::valid(level) {
+                return Err(DrError::Level { level });
             }
         }
         Ok(DrTier {
@@ -67,6 +65,7 @@ impl DrTier {
             key,
             level: zstd_level,
             learned: Arc::new(Mutex::new(None)),
+            level_file: None,
             retry: Retry::default(),
             connect_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(300),
@@ -96,6 +95,22 @@ impl DrTier {
         self
     }
 
+    /// Keep the level `auto` reached in `file`, and start from the one
+    /// found there: a one-shot `ckptfs drain`, or a job's embedded drain,
+    /// then starts where the last push to this site ended instead of at
+    /// [`level::AUTO_START`]; on a fast link that is several batches of
+    /// starved sending saved. A missing or unreadable file means no level
+    /// learned yet.
+    pub fn with_level_file(mut self, file: PathBuf) -> DrTier {
+        let found = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .filter(|l| level::valid(*l));
+        *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = found;
+        self.level_file = Some(file);
+        self
+    }
+
     /// What the last connection ran on, and why; `None` before the first.
     pub fn in_use(&self) -> Option<InUse> {
         self.last.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -109,7 +124,21 @@ impl DrTier {
 
     /// Where a push's level ended, for the next one.
     pub(crate) fn remember_level(&self, level: i32) {
-        *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = Some(level);
+        let before = self
+            .learned
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(level);
+        if self.level != ZstdLevel::Auto || before == Some(level) {
+            return;
+        }
+        if let Some(file) = &self.level_file {
+            // Only a hint for the next start: losing it costs a few batches.
+            let body = format!("{level}\n");
+            if let Err(e) = crate::durable::write_atomic(file, body.as_bytes(), 0o644) {
+                tracing::debug!(file = %file.display(), error = %e, "DR zstd level not kept");
+            }
+        }
     }
 
     /// The setting, and under `auto` the level the last push ended at.

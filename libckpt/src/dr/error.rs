@@ -51,8 +51,8 @@ pub enum DrError {
         #[source]
         source: io::Error,
     },
-    #[error("zstd level {level} is outside {min}..={max}")]
-    Level { level: i32, min: i32, max: i32 },
+    #[error("zstd level {level} is not one of {}", super::level::FIXED_TEXT)]
+    Level { level: i32 },
     /// Setting up or running an RDMA connection; `device` is empty when no
     /// verbs device was reached.
     #[error("RDMA to {peer}{}: {message}", device_note(device))]

@@ -964,3 +964,49 @@ fn auto_compression_climbs_on_a_slow_link_and_the_next_push_starts_there() {
     let dest = site.fetch_into(&tier, &m, "back").unwrap();
     assert_eq!(fs::read(dest.join("a")).unwrap(), data);
 }
+
+#[test]
+fn the_level_reached_outlives_the_process_in_its_file() {
+    let site = Site::with_chunk_size(1 << 20);
+    let server = site.start();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("dr-zstd-level");
+    let tier = || {
+        DrTier::new(server.addr.to_string(), &site.key, ZstdLevel::Auto)
+            .unwrap()
+            .with_level_file(file.clone())
+    };
+    // Nothing learned yet: a fresh tier starts at the default.
+    assert_eq!(tier().compression().level(), super::level::AUTO_START);
+    let data: Vec<u8> = random(43, 40 << 20).iter().map(|b| b & 0x0f).collect();
+    let m = site.commit("s1", &[("a", &data)]);
+    let slow = RateLimiter::new(Some(8 << 20));
+    let first = tier();
+    first.push(&site.source(&m), &slow, &mut NoResume).unwrap();
+    let reached = first.zstd_level().1.expect("auto remembers its level");
+    assert_ne!(reached, super::level::AUTO_START);
+    assert_eq!(
+        fs::read_to_string(&file).unwrap().trim(),
+        reached.to_string()
+    );
+    // A new process (a new tier) starts where the last push ended.
+    assert_eq!(tier().compression().level(), reached);
+    assert_eq!(tier().zstd_level(), (ZstdLevel::Auto, Some(reached)));
+    // A damaged or out-of-range file is no level learned, not an error.
+    for junk in ["", "fast\n", "0\n", "42\n"] {
+        fs::write(&file, junk).unwrap();
+        assert_eq!(
+            tier().compression().level(),
+            super::level::AUTO_START,
+            "{junk:?}"
+        );
+    }
+    // A fixed level neither reads nor writes it.
+    fs::write(&file, "7\n").unwrap();
+    let fixed = DrTier::new(server.addr.to_string(), &site.key, ZstdLevel::Fixed(2))
+        .unwrap()
+        .with_level_file(file.clone());
+    assert_eq!(fixed.compression().level(), 2);
+    fixed.push(&site.source(&m), &slow, &mut NoResume).unwrap();
+    assert_eq!(fs::read_to_string(&file).unwrap(), "7\n");
+}

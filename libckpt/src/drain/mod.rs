@@ -125,7 +125,7 @@ pub fn tiers_from_config(c: &crate::config::Config) -> Result<Tiers, TierError> 
     }
     if let Some(addr) = &c.dr.address {
         out.push((
-            dr_tier(addr, &c.dr.key, c.dr.zstd_level, c.dr.transport())?,
+            dr_tier(addr, &c.dr.key, c.dr.zstd_level, c.dr.transport(), &c.cache)?,
             TierPolicy {
                 keep: c.dr.keep,
                 rate: rate(c.dr.rate),
@@ -151,19 +151,38 @@ pub fn tiers_from_config(c: &crate::config::Config) -> Result<Tiers, TierError> 
 }
 
 /// The DR tier client; the key file is read (and its mode checked) here,
-/// so a bad key is reported at start, not at the first drain.
+/// so a bad key is reported at start, not at the first drain. The level
+/// `auto` reaches is kept in the cache's metadata, per site address.
 fn dr_tier(
     addr: &str,
     key: &std::path::Path,
     level: crate::dr::level::ZstdLevel,
     transport: crate::dr::Transport,
+    cache: &std::path::Path,
 ) -> Result<Arc<dyn Tier>, TierError> {
+    let level_file = cache
+        .join(crate::store::META_DIR)
+        .join(format!("dr-zstd-level.{}", file_safe(addr)));
     crate::dr::DrTier::new(addr.to_owned(), key, level)
-        .map(|t| Arc::new(t.with_transport(transport)) as Arc<dyn Tier>)
+        .map(|t| Arc::new(t.with_transport(transport).with_level_file(level_file)) as Arc<dyn Tier>)
         .map_err(|e| TierError::Refused {
             tier: "dr".into(),
             message: e.to_string(),
         })
+}
+
+/// `s` with every byte but ASCII letters, digits, `.` and `-` as `_`:
+/// a host:port (or [v6]:port) as part of a file name.
+fn file_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 type Key = (JobName, SetName);
