@@ -10,10 +10,12 @@
 //!
 //! Both paths use O_DIRECT where the filesystem accepts it, so checkpoint
 //! data (typically written once, drained once) does not evict the
-//! application's page cache. Only whole pages go direct; an unaligned tail
+//! application's page cache; a read of a file the page cache mostly holds
+//! goes through it instead ([`cached`]). Only whole pages go direct; an unaligned tail
 //! is written after clearing O_DIRECT on the descriptor.
 
 mod buffer;
+mod cached;
 mod fallback;
 mod uring;
 
@@ -321,14 +323,40 @@ impl IoEngine {
     /// The file is read up to the size it had when opened; one that shrinks
     /// meanwhile fails with `UnexpectedEof`, since its digest would describe
     /// no version of the file that ever existed.
+    ///
+    /// With O_DIRECT on, the bytes come from the disk even when the page
+    /// cache holds the file: what `ckptfs verify` must check.
     pub fn read_file(
         &self,
         path: &Path,
         chunk_size: u64,
         sink: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>,
     ) -> Result<FileDigest, IoError> {
+        self.read(path, chunk_size, sink, ReadFrom::Disk)
+    }
+
+    /// [`IoEngine::read_file`], but through the page cache when it holds
+    /// most of the file ([`cached`]): for the drain, which sends on what
+    /// any reader of the file would get and should not compete for the
+    /// disk with the tier it writes to.
+    pub fn read_file_warm(
+        &self,
+        path: &Path,
+        chunk_size: u64,
+        sink: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>,
+    ) -> Result<FileDigest, IoError> {
+        self.read(path, chunk_size, sink, ReadFrom::CacheIfWarm)
+    }
+
+    fn read(
+        &self,
+        path: &Path,
+        chunk_size: u64,
+        sink: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>,
+        from: ReadFrom,
+    ) -> Result<FileDigest, IoError> {
         let mut hasher = new_hasher(chunk_size)?;
-        let (mut target, size) = Target::open_read(path, self.opts.direct)?;
+        let (mut target, size) = Target::open_read(path, self.opts.direct, from)?;
         // A file that fits in one buffer is one read(2). Through a ring it
         // costs a submission too and, where the filesystem cannot read
         // without blocking (tmpfs), a hop to an io_uring worker thread: for
@@ -351,6 +379,15 @@ impl IoEngine {
         target.log_summary("read");
         Ok(hasher.finish())
     }
+}
+
+/// Where a read with O_DIRECT on may take its bytes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadFrom {
+    /// The disk (O_DIRECT as configured).
+    Disk,
+    /// The page cache when it holds most of the file, else the disk.
+    CacheIfWarm,
 }
 
 fn new_hasher(chunk_size: u64) -> Result<ChunkHasher, IoError> {
@@ -412,7 +449,7 @@ impl Target {
 
     /// Open for reading and return the size to read. Regular files only:
     /// a FIFO or device would block or never end.
-    fn open_read(path: &Path, want_direct: bool) -> Result<(Target, u64), IoError> {
+    fn open_read(path: &Path, want_direct: bool, from: ReadFrom) -> Result<(Target, u64), IoError> {
         let open = |direct: bool| {
             let open = |extra: i32| {
                 OpenOptions::new()
@@ -427,13 +464,20 @@ impl Target {
                 r => r,
             }
         };
-        let target = Self::open_with(path, want_direct, open)?;
+        let mut target = Self::open_with(path, want_direct, open)?;
         let meta = target.file.metadata().map_err(|e| target.open_err(e))?;
         if !meta.is_file() {
             return Err(target.open_err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "not a regular file",
             )));
+        }
+        if target.direct
+            && from == ReadFrom::CacheIfWarm
+            && cached::mostly_cached(&target.file, meta.len())
+        {
+            tracing::debug!(path = %path.display(), "in the page cache: read buffered");
+            target.go_buffered().map_err(|e| target.open_err(e))?;
         }
         Ok((target, meta.len()))
     }
@@ -494,6 +538,13 @@ impl Target {
         }
         self.direct = false;
         Ok(())
+    }
+
+    /// Whether a write of `remaining` bytes at `pos` leaves the descriptor
+    /// as it is: true when it is buffered already, or the write starts on a
+    /// page and covers at least one.
+    fn direct_fits(&self, pos: u64, remaining: usize) -> bool {
+        !self.direct || (pos.is_multiple_of(PAGE as u64) && remaining >= PAGE)
     }
 
     /// How many of the `remaining` bytes at file offset `pos` to write in

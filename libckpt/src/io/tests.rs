@@ -213,7 +213,7 @@ fn whole_pages_go_direct_and_only_the_tail_is_buffered() {
         );
         drop(target);
 
-        let (mut target, len) = Target::open_read(&path, true).expect("open");
+        let (mut target, len) = Target::open_read(&path, true, ReadFrom::Disk).expect("open");
         assert_eq!(len, size as u64);
         let mut hasher = ChunkHasher::new(4096);
         let mut got = Vec::new();
@@ -272,7 +272,7 @@ fn a_file_truncated_while_read_is_an_error() {
         return;
     };
     for kind in [EngineKind::Uring, EngineKind::Fallback] {
-        let (mut target, len) = Target::open_read(&path, true).expect("open");
+        let (mut target, len) = Target::open_read(&path, true, ReadFrom::Disk).expect("open");
         std::fs::OpenOptions::new()
             .write(true)
             .open(&path)
@@ -570,4 +570,33 @@ fn engine_kind_parses_prints_and_serializes() {
         serde_json::to_string(&IoPath::Fallback).expect("ser"),
         "\"fallback\""
     );
+}
+
+#[test]
+fn a_warm_read_of_a_cached_file_goes_through_the_page_cache_and_a_plain_one_does_not() {
+    use std::os::fd::AsRawFd;
+    let dir = scratch();
+    let path = dir.path().join("warm");
+    std::fs::write(&path, data(1 << 20, 3)).expect("write");
+    let (disk, _) = Target::open_read(&path, true, ReadFrom::Disk).expect("open");
+    if !disk.is_direct() {
+        println!("skipping: {} refuses O_DIRECT", dir.path().display());
+        return;
+    }
+    let file = std::fs::File::open(&path).expect("open");
+    if !cached::mostly_cached(&file, 1 << 20) {
+        println!("skipping: the kernel cannot say what is cached (cachestat, Linux 6.5+)");
+        return;
+    }
+    let (warm, len) = Target::open_read(&path, true, ReadFrom::CacheIfWarm).expect("open");
+    assert_eq!(len, 1 << 20);
+    assert!(!warm.is_direct(), "a cached file is read through the cache");
+    // Dropped from the cache (clean first: dirty pages are not dropped),
+    // a warm read goes to the disk again.
+    file.sync_all().expect("sync");
+    // SAFETY: fadvise on an owned descriptor, no pointers.
+    let rc = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+    assert_eq!(rc, 0);
+    let (cold, _) = Target::open_read(&path, true, ReadFrom::CacheIfWarm).expect("open");
+    assert!(cold.is_direct(), "a file not in the cache is read direct");
 }

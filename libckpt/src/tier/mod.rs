@@ -188,7 +188,7 @@ impl Source<'_> {
         };
         let read = self
             .engine
-            .read_file(&path, file.chunk_size, &mut |_, mut bytes| {
+            .read_file_warm(&path, file.chunk_size, &mut |_, mut bytes| {
                 while !bytes.is_empty() {
                     let take = (cs - buf.len()).min(bytes.len());
                     buf.extend_from_slice(&bytes[..take]);
