@@ -350,16 +350,55 @@ pub fn par_files(
     progress: &dyn Fn(u64),
     each: &FileJob<'_>,
 ) -> Result<(), TierError> {
-    let threads = COPY_THREADS.min(files.len());
+    par_indexed(
+        files.len(),
+        COPY_THREADS,
+        dest,
+        &|i, tell| each(&files[i], tell),
+        &mut |n| {
+            progress(n);
+            Ok(())
+        },
+    )
+}
+
+/// What [`par_indexed`] does to item `i`, telling the calling thread
+/// through its second argument.
+pub type IndexedJob<'a, M> = dyn Fn(usize, &dyn Fn(M)) -> Result<(), TierError> + Sync + 'a;
+
+/// Run `each` for items `0..n`, `threads` at once, stopping at the first
+/// failure (which is returned), from `each` or from `on_message`. What
+/// `each` tells reaches `on_message` on this thread, as it is told: the
+/// place for work that must stay in order or on one thread (progress
+/// bars, a journal). `dest` names the place in a panicking thread's error.
+pub fn par_indexed<M: Send>(
+    n: usize,
+    threads: usize,
+    dest: &Path,
+    each: &IndexedJob<'_, M>,
+    on_message: &mut dyn FnMut(M) -> Result<(), TierError>,
+) -> Result<(), TierError> {
+    let threads = threads.min(n);
     if threads <= 1 {
-        for file in files {
-            each(file, progress)?;
+        let on = std::cell::RefCell::new(on_message);
+        let failed = std::cell::RefCell::new(None);
+        for i in 0..n {
+            each(i, &|m| {
+                if failed.borrow().is_none() {
+                    if let Err(e) = (*on.borrow_mut())(m) {
+                        *failed.borrow_mut() = Some(e);
+                    }
+                }
+            })?;
+            if let Some(e) = failed.borrow_mut().take() {
+                return Err(e);
+            }
         }
         return Ok(());
     }
     let next = std::sync::atomic::AtomicUsize::new(0);
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (tx, rx) = std::sync::mpsc::channel::<u64>();
+    let (tx, rx) = std::sync::mpsc::channel::<M>();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
             .map(|_| {
@@ -368,13 +407,14 @@ pub fn par_files(
                 scope.spawn(move || -> Result<(), TierError> {
                     use std::sync::atomic::Ordering::Relaxed;
                     while !stop.load(Relaxed) {
-                        let Some(file) = files.get(next.fetch_add(1, Relaxed)) else {
+                        let i = next.fetch_add(1, Relaxed);
+                        if i >= n {
                             return Ok(());
+                        }
+                        let tell = |m: M| {
+                            let _ = tx.send(m);
                         };
-                        let sent = |n: u64| {
-                            let _ = tx.send(n);
-                        };
-                        if let Err(e) = each(file, &sent) {
+                        if let Err(e) = each(i, &tell) {
                             stop.store(true, Relaxed);
                             return Err(e);
                         }
@@ -384,10 +424,15 @@ pub fn par_files(
             })
             .collect();
         drop(tx);
-        for n in rx {
-            progress(n);
-        }
         let mut first = Ok(());
+        for m in rx {
+            if first.is_ok() {
+                first = on_message(m);
+                if first.is_err() {
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+        }
         for w in workers {
             let r = w
                 .join()
@@ -400,8 +445,9 @@ pub fn par_files(
     })
 }
 
-/// Files [`copy_verified`] and [`par_files`] copy at once.
-const COPY_THREADS: usize = 4;
+/// Files [`copy_verified`] and [`par_files`] copy at once, and the PFS
+/// tier pushes at once.
+pub const COPY_THREADS: usize = 4;
 
 /// One file of [`copy_verified`].
 fn copy_file_verified(

@@ -14,11 +14,12 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{PushReport, Resume, Source, Tier, TierError, TierSet};
+use super::{par_indexed, PushReport, Resume, Source, Tier, TierError, TierSet, COPY_THREADS};
 use crate::durable;
 use crate::io::IoEngine;
-use crate::manifest::{Manifest, MAX_MANIFEST_BYTES};
+use crate::manifest::{FileEntry, Manifest, MAX_MANIFEST_BYTES};
 use crate::path::{JobName, SetName};
 use crate::rate::RateLimiter;
 
@@ -102,6 +103,36 @@ impl PfsTier {
             });
         }
         Ok(m)
+    }
+
+    /// Push `files` into `dir`, [`COPY_THREADS`] at once, each marked done
+    /// in `resume` (on this thread) as soon as it is in place; returns the
+    /// bytes written. One file at a time left the disk idle while a file
+    /// was read and the source idle while it was synced; a parallel
+    /// filesystem, whose metadata round trips dominate small files, gains
+    /// even more from several in flight.
+    fn push_files(
+        &self,
+        src: &Source<'_>,
+        files: &[&FileEntry],
+        dir: &Path,
+        limiter: &RateLimiter,
+        resume: &mut dyn Resume,
+    ) -> Result<u64, TierError> {
+        let sent = AtomicU64::new(0);
+        par_indexed(
+            files.len(),
+            COPY_THREADS,
+            dir,
+            &|i, done| {
+                let n = self.push_file(src, files[i], dir, limiter)?;
+                sent.fetch_add(n, Ordering::Relaxed);
+                done(i);
+                Ok(())
+            },
+            &mut |i| resume.mark_done(files[i]),
+        )?;
+        Ok(sent.into_inner())
     }
 
     /// Write one file of the set: to a part file, synced, then renamed.
@@ -232,17 +263,16 @@ impl Tier for PfsTier {
         let dir = self.set_dir(&m.job, &m.set);
         durable::create_dir_all_durable(&dir, 0o700)
             .map_err(|e| self.unavailable("creating", &dir, e.source))?;
-        for file in &m.files {
-            report.files += 1;
-            if resume.is_done(file) && file.path.under(&dir).is_file() {
-                report.skipped += 1;
-                continue;
-            }
-            let sent = self.push_file(src, file, &dir, limiter)?;
-            report.bytes_read += sent;
-            report.bytes_sent += sent;
-            resume.mark_done(file)?;
-        }
+        report.files = m.files.len() as u64;
+        let todo: Vec<&FileEntry> = m
+            .files
+            .iter()
+            .filter(|f| !(resume.is_done(f) && f.path.under(&dir).is_file()))
+            .collect();
+        report.skipped = (m.files.len() - todo.len()) as u64;
+        let sent = self.push_files(src, &todo, &dir, limiter, resume)?;
+        report.bytes_read += sent;
+        report.bytes_sent += sent;
         // Every directory entry durable before the manifest says "complete".
         for d in walkdir::WalkDir::new(&dir)
             .into_iter()
@@ -275,19 +305,14 @@ impl Tier for PfsTier {
         let dir = self.set_dir(&m.job, &m.set);
         durable::create_dir_all_durable(&dir, 0o700)
             .map_err(|e| self.unavailable("creating", &dir, e.source))?;
-        let mut report = PushReport::default();
-        for file in &m.files {
-            if resume.is_done(file) {
-                report.skipped += 1;
-                continue;
-            }
-            let sent = self.push_file(src, file, &dir, limiter)?;
-            report.files += 1;
-            report.bytes_read += sent;
-            report.bytes_sent += sent;
-            resume.mark_done(file)?;
-        }
-        Ok(report)
+        let todo: Vec<&FileEntry> = m.files.iter().filter(|f| !resume.is_done(f)).collect();
+        let sent = self.push_files(src, &todo, &dir, limiter, resume)?;
+        Ok(PushReport {
+            files: todo.len() as u64,
+            skipped: (m.files.len() - todo.len()) as u64,
+            bytes_read: sent,
+            bytes_sent: sent,
+        })
     }
 
     fn fetch(
