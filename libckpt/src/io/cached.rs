@@ -42,7 +42,15 @@ pub fn mostly_cached(file: &File, size: u64) -> bool {
     if size == 0 {
         return false;
     }
-    let range = CachestatRange { off: 0, len: size };
+    match cachestat(file, size) {
+        Ok(stat) => stat.nr_cache * 2 >= size.div_ceil(page_size()),
+        Err(_) => false,
+    }
+}
+
+/// The page cache's view of the first `len` bytes of `file`.
+fn cachestat(file: &File, len: u64) -> std::io::Result<Cachestat> {
+    let range = CachestatRange { off: 0, len };
     let mut stat = Cachestat::default();
     // SAFETY: cachestat reads `range` and writes one `Cachestat` (both
     // #[repr(C)] with the kernel's layout, alive for the call) about the
@@ -56,11 +64,11 @@ pub fn mostly_cached(file: &File, size: u64) -> bool {
             0u32,
         )
     };
-    if rc != 0 {
-        return false;
+    if rc == 0 {
+        Ok(stat)
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    let pages = size.div_ceil(page_size());
-    stat.nr_cache * 2 >= pages
 }
 
 fn page_size() -> u64 {
@@ -85,22 +93,10 @@ mod tests {
         f.sync_all().unwrap();
         let f = File::open(&path).unwrap();
         if !mostly_cached(&f, 4 << 20) {
-            let probe = CachestatRange { off: 0, len: 0 };
-            let mut stat = Cachestat::default();
-            // SAFETY: as in `mostly_cached`.
-            let rc = unsafe {
-                libc::syscall(
-                    SYS_CACHESTAT,
-                    f.as_raw_fd(),
-                    &probe as *const _,
-                    &mut stat as *mut Cachestat,
-                    0u32,
-                )
-            };
-            let err = std::io::Error::last_os_error();
+            let err = cachestat(&f, 4 << 20).err();
             assert!(
-                rc != 0 && err.raw_os_error() == Some(libc::ENOSYS),
-                "a file just written is not cached ({rc}, {err})"
+                err.as_ref().and_then(std::io::Error::raw_os_error) == Some(libc::ENOSYS),
+                "a file just written is not cached ({err:?})"
             );
             eprintln!("skipped: this kernel has no cachestat(2) (Linux 6.5+)");
             return;
