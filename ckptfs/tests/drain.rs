@@ -209,17 +209,31 @@ fn daemon_killed_mid_drain_resumes_without_resending() {
     }
     m.commit_ok("job", "big");
     let journal = m.c(".ckptfs/sets/job/big/drain/pfs.json");
-    wait_until("a file or two on the PFS", common::WAIT, || {
-        fs::read(&journal)
+    // Files delivered: the record's, plus the log appended since it was
+    // last written.
+    let delivered = || {
+        let mut names: std::collections::BTreeSet<String> = fs::read(&journal)
             .ok()
             .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-            .and_then(|v| v["files_done"].as_object().map(|o| o.len()))
-            .is_some_and(|n| n >= 2)
+            .and_then(|v| {
+                v["files_done"]
+                    .as_object()
+                    .map(|o| o.keys().cloned().collect())
+            })
+            .unwrap_or_default();
+        let log = fs::read_to_string(journal.with_extension("done")).unwrap_or_default();
+        names.extend(
+            log.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter_map(|v| v["path"].as_str().map(str::to_owned)),
+        );
+        names.len()
+    };
+    wait_until("a file or two on the PFS", common::WAIT, || {
+        delivered() >= 2
     });
     m.kill9();
-    let before: Value =
-        serde_json::from_slice(&fs::read(&journal).expect("journal")).expect("journal json");
-    let done_before = before["files_done"].as_object().map_or(0, |o| o.len());
+    let done_before = delivered();
     assert!(
         done_before < files.len(),
         "the drain finished before the kill"
