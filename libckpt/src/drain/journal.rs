@@ -88,16 +88,24 @@ struct Delivered {
     fingerprint: u64,
 }
 
-/// The progress of the set whose metadata directory is `meta`; a missing,
-/// unreadable or future-version record means "pending from scratch":
-/// resending is safe, skipping is not. Files the log names are added to
-/// `files_done`; a line cut short by a crash is ignored.
-pub fn load(meta: &Path, tier: &str) -> Progress {
-    let mut p = std::fs::read(path(meta, tier))
+/// The record alone: the set's state with one tier, its attempts and last
+/// error, without the files delivered since it was written. Enough for
+/// status and for "is it done?", which ask it for every set, often; a
+/// missing, unreadable or future-version record means "pending from
+/// scratch": resending is safe, skipping is not.
+pub fn record(meta: &Path, tier: &str) -> Progress {
+    std::fs::read(path(meta, tier))
         .ok()
         .and_then(|b| serde_json::from_slice::<Progress>(&b).ok())
         .filter(|p| p.version <= VERSION)
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// The progress a push resumes from: the [`record`], with the files the
+/// log names added to `files_done` (a line cut short by a crash is
+/// ignored).
+pub fn load(meta: &Path, tier: &str) -> Progress {
+    let mut p = record(meta, tier);
     if let Ok(log) = std::fs::read(log_path(meta, tier)) {
         // Only whole lines: the last one may have been cut short.
         let whole = log.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
@@ -128,8 +136,6 @@ pub fn save(meta: &Path, tier: &str, p: &Progress) -> Result<(), PathError> {
 /// Append `file` (delivered, at `fingerprint`) to the log.
 fn log_delivered(meta: &Path, tier: &str, file: &str, fingerprint: u64) -> Result<(), PathError> {
     use std::io::Write;
-    let dir = meta.join(DIR);
-    std::fs::create_dir_all(&dir).map_err(|e| PathError::new("creating directory", &dir, e))?;
     let log = log_path(meta, tier);
     let mut line = serde_json::to_vec(&Delivered {
         path: file.to_owned(),
@@ -137,17 +143,30 @@ fn log_delivered(meta: &Path, tier: &str, file: &str, fingerprint: u64) -> Resul
     })
     .unwrap_or_default();
     line.push(b'\n');
+    let open = || {
+        std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&log)
+    };
+    // The directory exists after the first file of a set: create it only
+    // when the open says it is missing, not once per file.
+    let file = match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let dir = meta.join(DIR);
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| PathError::new("creating directory", &dir, e))?;
+            open()
+        }
+        r => r,
+    };
     // One write(2) of one line with O_APPEND: lines never interleave.
-    std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log)
-        .and_then(|mut f| f.write_all(&line))
+    file.and_then(|mut f| f.write_all(&line))
         .map_err(|e| PathError::new("appending to", &log, e))
 }
 
 pub fn is_done(meta: &Path, tier: &str) -> bool {
-    load(meta, tier).state == State::Done
+    record(meta, tier).state == State::Done
 }
 
 /// A push's view of the journal: which files are already on the tier.

@@ -817,7 +817,7 @@ impl Drain {
                     .into_iter()
                     .map(|s| {
                         let p =
-                            journal::load(&self.store.meta_dir(&s.job, &s.set), slot.tier.name());
+                            journal::record(&self.store.meta_dir(&s.job, &s.set), slot.tier.name());
                         let committed = self
                             .store
                             .manifest(&s.job, &s.set)
@@ -868,7 +868,7 @@ impl Drain {
                     .filter(|s| s.is_complete())
                     .filter_map(|s| {
                         let p =
-                            journal::load(&self.store.meta_dir(&s.job, &s.set), slot.tier.name());
+                            journal::record(&self.store.meta_dir(&s.job, &s.set), slot.tier.name());
                         (p.state == State::Done).then_some(DoneSet {
                             job: s.job,
                             set: s.set,
@@ -907,7 +907,7 @@ impl Drain {
         for slot in &self.slots {
             for s in self.undrained(slot, job) {
                 pending += 1;
-                if journal::load(&self.store.meta_dir(&s.job, &s.set), slot.tier.name()).state
+                if journal::record(&self.store.meta_dir(&s.job, &s.set), slot.tier.name()).state
                     == State::Failed
                 {
                     failed += 1;
