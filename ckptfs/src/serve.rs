@@ -37,16 +37,16 @@ pub fn run(args: &ServeArgs, global: &crate::args::Global) -> Result<()> {
     // The receiver has no config file: the transport flags (shared with
     // the client commands) are its transport settings, checked the same
     // way a client's `[dr]` section is.
-    let dr = libckpt::config::Config::default()
+    let config = libckpt::config::Config::default()
         .apply(&global.overrides())
-        .context("checking the transport flags")?
-        .dr
-        .transport();
-    let opts = ServerOptions {
+        .context("checking the transport and I/O flags")?;
+    let dr = config.dr.transport();
+    let mut opts = ServerOptions {
         transport: dr.choice,
         rdma: dr.rdma,
         ..ServerOptions::default()
     };
+    opts.repo.io = config.io_options();
     let server = Server::bind(&args.listen, &args.root, key, opts)?;
     let transports = server.transports();
     let addr = server.local_addr();

@@ -98,6 +98,7 @@ fuzz_target!(|data: &[u8]| {
         &root,
         RepoOptions {
             gc_grace: Duration::ZERO,
+            ..RepoOptions::default()
         },
     )
     .expect("opening the scratch store");

@@ -21,9 +21,9 @@
 //! on.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
@@ -32,6 +32,7 @@ use super::blob::{self, BlobError, ChunkHash, ChunkHeader, CHUNK_HEADER_LEN};
 use super::frame::MAX_FRAME_PAYLOAD;
 use super::syncer::{Dirty, Job, Syncer};
 use crate::durable::{self, IoContext, PathError};
+use crate::io::{IoEngine, IoError};
 
 const TEMP_SUFFIX: &str = ".tmp";
 
@@ -77,11 +78,16 @@ pub struct ChunkStore {
     syncer: Syncer,
     /// Makes temp names unique between threads storing the same chunk.
     seq: AtomicU64,
+    /// Writes chunks with O_DIRECT where the filesystem takes it: they are
+    /// synced at once and read only at a restore, and copying them into
+    /// fresh page-cache pages was the receiver's main cost.
+    engine: IoEngine,
 }
 
 impl ChunkStore {
-    /// The store in `dir`, created (mode 0700) if missing.
-    pub fn open(dir: &Path) -> Result<ChunkStore, PathError> {
+    /// The store in `dir`, created (mode 0700) if missing, writing through
+    /// `engine`.
+    pub fn open(dir: &Path, engine: IoEngine) -> Result<ChunkStore, PathError> {
         durable::create_dir_all_durable(dir, 0o700)?;
         let dirty = Dirty::default();
         let store = ChunkStore {
@@ -89,6 +95,7 @@ impl ChunkStore {
             dirty: dirty.clone(),
             syncer: Syncer::start(dirty),
             seq: AtomicU64::new(0),
+            engine,
         };
         store.remove_dead_temps();
         Ok(store)
@@ -149,17 +156,14 @@ impl ChunkStore {
             std::process::id(),
             self.seq.fetch_add(1, Ordering::Relaxed)
         ));
+        // The name is this process's and this call's alone (pid, sequence
+        // number), and temps of dead writers are gone since `open`.
         let written = (|| {
-            let mut f = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-                .open(&tmp)
-                .at("creating", &tmp)?;
-            f.write_all(blob).at("writing", &tmp)?;
-            Ok::<_, PathError>(f)
-        })();
+            let mut w = self.engine.create_file(&tmp, 0o600)?;
+            w.write(blob)?;
+            w.finish()
+        })()
+        .map_err(IoError::into_path_error);
         match written {
             Ok(file) => self.syncer.submit(Job { file, tmp, path }),
             Err(e) => {
@@ -347,12 +351,17 @@ mod tests {
         ));
         fs::write(&dead, b"half").unwrap();
         fs::write(&live, b"busy").unwrap();
-        ChunkStore::open(d.path()).unwrap();
+        open_store(d.path());
         assert!(!dead.exists());
         assert!(live.exists());
     }
 
     use super::*;
+
+    fn open_store(dir: &Path) -> ChunkStore {
+        let engine = IoEngine::new(&crate::io::IoOptions::default()).unwrap();
+        ChunkStore::open(dir, engine).unwrap()
+    }
     use std::time::Duration;
 
     fn blob_of(raw: &[u8]) -> Vec<u8> {
@@ -365,7 +374,7 @@ mod tests {
     #[test]
     fn put_once_read_back_sweep() {
         let d = tempfile::tempdir_in("/var/tmp").unwrap();
-        let cs = ChunkStore::open(&d.path().join("chunks")).unwrap();
+        let cs = open_store(&d.path().join("chunks"));
         let a = blob_of(b"alpha");
         let b = blob_of(b"beta");
         let (ha, p) = cs.put(&a).unwrap();
@@ -408,7 +417,7 @@ mod tests {
     #[test]
     fn a_header_naming_another_chunk_is_damage() {
         let d = tempfile::tempdir_in("/var/tmp").unwrap();
-        let cs = ChunkStore::open(d.path()).unwrap();
+        let cs = open_store(d.path());
         let (ha, _) = cs.put(&blob_of(b"alpha")).unwrap();
         let (hb, _) = cs.put(&blob_of(b"beta")).unwrap();
         cs.settle();

@@ -42,12 +42,15 @@ pub struct RepoOptions {
     /// A delete spares unreferenced chunks used more recently than this:
     /// they may belong to a push still in flight.
     pub gc_grace: Duration,
+    /// How chunks are written (O_DIRECT, buffer size).
+    pub io: crate::io::IoOptions,
 }
 
 impl Default for RepoOptions {
     fn default() -> Self {
         RepoOptions {
             gc_grace: Duration::from_secs(3600),
+            io: crate::io::IoOptions::default(),
         }
     }
 }
@@ -149,9 +152,10 @@ impl Repo {
             source: e.source,
         };
         crate::durable::create_dir_all_durable(root, 0o700).map_err(at)?;
+        let engine = crate::io::IoEngine::new(&opts.io).map_err(|e| at(e.into_path_error()))?;
         Ok(Repo {
             root: root.to_owned(),
-            chunks: ChunkStore::open(&root.join("chunks")).map_err(at)?,
+            chunks: ChunkStore::open(&root.join("chunks"), engine).map_err(at)?,
             sets: SetStore::open(&root.join("sets")).map_err(at)?,
             opts,
             records: Mutex::new(()),

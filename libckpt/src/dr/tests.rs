@@ -646,6 +646,7 @@ fn delete_removes_the_record_then_only_unshared_chunks() {
         ServerOptions {
             repo: RepoOptions {
                 gc_grace: Duration::ZERO,
+                ..RepoOptions::default()
             },
             ..ServerOptions::default()
         },

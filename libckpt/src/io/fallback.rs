@@ -72,7 +72,7 @@ pub(super) fn write_all(
     }
 }
 
-fn write_at(target: &mut Target, bytes: &[u8], off: u64) -> Result<(), IoError> {
+pub(super) fn write_at(target: &mut Target, bytes: &[u8], off: u64) -> Result<(), IoError> {
     let mut done = 0;
     while done < bytes.len() {
         let pos = off + done as u64;

@@ -18,6 +18,7 @@ mod buffer;
 mod cached;
 mod fallback;
 mod uring;
+mod writer;
 
 use std::fmt;
 use std::fs::{File, OpenOptions};
@@ -33,6 +34,7 @@ use crate::chunk::{ChunkHasher, FileDigest};
 #[cfg(test)]
 use buffer::AlignedBuf;
 use buffer::PAGE;
+pub use writer::FileWriter;
 
 /// Queue depths the engine accepts (`io.queue_depth`).
 const QUEUE_DEPTH_RANGE: std::ops::RangeInclusive<u32> = 1..=256;
@@ -185,6 +187,28 @@ pub enum IoError {
 }
 
 impl IoError {
+    /// The same failure as a [`PathError`](crate::durable::PathError), for
+    /// callers that report those (the offset, where there is one, is
+    /// dropped; the errno is kept).
+    pub fn into_path_error(self) -> crate::durable::PathError {
+        use crate::durable::PathError;
+        match self {
+            IoError::Open { path, source } => PathError::new("creating", &path, source),
+            IoError::Write { path, source, .. } => PathError::new("writing", &path, source),
+            IoError::Read { path, source, .. } => PathError::new("reading", &path, source),
+            IoError::Source { path, source } => {
+                PathError::new("reading the data to write to", &path, source)
+            }
+            IoError::Sink { path, source, .. } => PathError::new("passing on", &path, source),
+            IoError::Sync { path, source } => PathError::new("syncing", &path, source),
+            e @ (IoError::UringUnavailable { .. } | IoError::BadOptions { .. }) => PathError::new(
+                "setting up I/O for",
+                Path::new(""),
+                io::Error::other(e.to_string()),
+            ),
+        }
+    }
+
     /// The errno behind the failure, so callers can single out ENOSPC,
     /// EDQUOT, EIO and friends.
     pub fn raw_os_error(&self) -> Option<i32> {

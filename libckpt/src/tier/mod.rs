@@ -162,12 +162,15 @@ impl Source<'_> {
     pub fn for_each_chunk(&self, file: &FileEntry, f: &mut ChunkSink<'_>) -> Result<(), TierError> {
         let path = file.path.under(&self.dir);
         let cs = file.chunk_size as usize;
-        let mut buf: Vec<u8> = Vec::with_capacity(cs.min(file.size as usize));
+        // Only for chunks that straddle the engine's reads: whole chunks
+        // are handed on from the engine's (page-aligned) buffer, without a
+        // copy, which is also what lets a tier write them with O_DIRECT.
+        let mut partial: Vec<u8> = Vec::new();
         let mut index = 0u64;
         let mut failure: Option<TierError> = None;
-        let mut emit = |buf: &mut Vec<u8>, index: &mut u64| -> Result<(), TierError> {
+        let mut emit = |chunk: &[u8], index: &mut u64| -> Result<(), TierError> {
             let want = file.crc32c.get(*index as usize).copied();
-            let got = crc32c::crc32c(buf);
+            let got = crc32c::crc32c(chunk);
             if want != Some(got) {
                 return Err(TierError::corrupt(
                     "cache",
@@ -181,33 +184,41 @@ impl Source<'_> {
                     ),
                 ));
             }
-            f(*index, buf)?;
+            f(*index, chunk)?;
             *index += 1;
-            buf.clear();
             Ok(())
         };
         let read = self
             .engine
             .read_file_warm(&path, file.chunk_size, &mut |_, mut bytes| {
-                while !bytes.is_empty() {
-                    let take = (cs - buf.len()).min(bytes.len());
-                    buf.extend_from_slice(&bytes[..take]);
-                    bytes = &bytes[take..];
-                    if buf.len() == cs {
-                        if let Err(e) = emit(&mut buf, &mut index) {
-                            failure = Some(e);
-                            return Err(std::io::Error::other("chunk refused"));
+                let mut step = || -> Result<(), TierError> {
+                    while !bytes.is_empty() {
+                        if partial.is_empty() && bytes.len() >= cs {
+                            emit(&bytes[..cs], &mut index)?;
+                            bytes = &bytes[cs..];
+                            continue;
+                        }
+                        let take = (cs - partial.len()).min(bytes.len());
+                        partial.extend_from_slice(&bytes[..take]);
+                        bytes = &bytes[take..];
+                        if partial.len() == cs {
+                            emit(&partial, &mut index)?;
+                            partial.clear();
                         }
                     }
-                }
-                Ok(())
+                    Ok(())
+                };
+                step().map_err(|e| {
+                    failure = Some(e);
+                    std::io::Error::other("chunk refused")
+                })
             });
         if let Some(e) = failure {
             return Err(e);
         }
         let digest = read.map_err(|e| TierError::local(&path, e))?;
-        if !buf.is_empty() {
-            emit(&mut buf, &mut index)?;
+        if !partial.is_empty() {
+            emit(&partial, &mut index)?;
         }
         if digest.size != file.size {
             return Err(TierError::local(
