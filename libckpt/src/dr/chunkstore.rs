@@ -357,12 +357,12 @@ mod tests {
     }
 
     use super::*;
+    use std::time::Duration;
 
     fn open_store(dir: &Path) -> ChunkStore {
         let engine = IoEngine::new(&crate::io::IoOptions::default()).unwrap();
         ChunkStore::open(dir, engine).unwrap()
     }
-    use std::time::Duration;
 
     fn blob_of(raw: &[u8]) -> Vec<u8> {
         let (h, data) = blob::seal(raw, crc32c::crc32c(raw), 1).unwrap();
