@@ -152,7 +152,14 @@ impl Repo {
             source: e.source,
         };
         crate::durable::create_dir_all_durable(root, 0o700).map_err(at)?;
-        let engine = crate::io::IoEngine::new(&opts.io).map_err(|e| at(e.into_path_error()))?;
+        // Chunks are written with pwrite (`FileWriter`), never through a
+        // ring: the pread/pwrite path spares the registered buffers an
+        // io_uring probe would pin (queue depth × buffer size) for nothing.
+        let io = crate::io::IoOptions {
+            kind: crate::io::EngineKind::Fallback,
+            ..opts.io.clone()
+        };
+        let engine = crate::io::IoEngine::new(&io).map_err(|e| at(e.into_path_error()))?;
         Ok(Repo {
             root: root.to_owned(),
             chunks: ChunkStore::open(&root.join("chunks"), engine).map_err(at)?,

@@ -100,13 +100,10 @@ impl FileWriter<'_> {
         if n == 0 {
             return Ok(());
         }
-        let Some(stage) = self.stage.take() else {
-            return Ok(());
-        };
-        let r = fallback::write_at(&mut self.target, &stage.as_slice()[..n], self.off);
-        self.stage = Some(stage);
-        r?;
-        self.off += n as u64;
+        if let Some(stage) = &self.stage {
+            fallback::write_at(&mut self.target, &stage.as_slice()[..n], self.off)?;
+            self.off += n as u64;
+        }
         Ok(())
     }
 
