@@ -113,12 +113,12 @@ impl PfsTier {
         Ok(m)
     }
 
-    /// Push `files` into `dir`, [`COPY_THREADS`] at once, each marked done
-    /// in `resume` (on this thread) as soon as it is in place; returns the
-    /// bytes written. One file at a time left the disk idle while a file
-    /// was read and the source idle while it was synced; a parallel
-    /// filesystem, whose metadata round trips dominate small files, gains
-    /// even more from several in flight.
+    /// Push `files` into `dir`, [`COPY_THREADS`] groups at once, each file
+    /// marked done in `resume` (on this thread) as soon as it is in place;
+    /// returns the bytes written. One file at a time left the disk idle
+    /// while a file was read and the source idle while it was synced; a
+    /// parallel filesystem, whose metadata round trips dominate small
+    /// files, gains even more from several in flight.
     fn push_files(
         &self,
         src: &Source<'_>,
@@ -128,14 +128,37 @@ impl PfsTier {
         resume: &mut dyn Resume,
     ) -> Result<u64, TierError> {
         let sent = AtomicU64::new(0);
+        let groups = groups(files);
         par_indexed(
-            files.len(),
+            groups.len(),
             COPY_THREADS,
             dir,
-            &|i, done| {
-                let n = self.push_file(src, files[i], dir, limiter)?;
-                sent.fetch_add(n, Ordering::Relaxed);
-                done(i);
+            &|g, done| {
+                let range = groups[g].clone();
+                let mut parts = Vec::with_capacity(range.len());
+                for f in &files[range.clone()] {
+                    let (part, n) = self.write_part(src, f, dir, limiter)?;
+                    sent.fetch_add(n, Ordering::Relaxed);
+                    parts.push(part);
+                }
+                // Synced only once the whole group is written: on a
+                // journaling filesystem the first fsync commits the
+                // allocations of every file of the group, and the others
+                // find little left to do. An fsync per file as it was
+                // written cost a journal commit per small file: 10 000
+                // files of 64 KiB drained in 2.4 s (median) against 1.95 s
+                // in groups (bench/RESULTS.md).
+                for p in &parts {
+                    p.file
+                        .sync_all()
+                        .map_err(|e| self.unavailable("syncing", &p.part, e))?;
+                }
+                for (p, i) in parts.into_iter().zip(range) {
+                    drop(p.file);
+                    fs::rename(&p.part, &p.dest)
+                        .map_err(|e| self.unavailable("renaming", &p.dest, e))?;
+                    done(i);
+                }
                 Ok(())
             },
             &mut |i| resume.mark_done(files[i]),
@@ -143,14 +166,15 @@ impl PfsTier {
         Ok(sent.into_inner())
     }
 
-    /// Write one file of the set: to a part file, synced, then renamed.
-    fn push_file(
+    /// Write one file of the set to its part file, with its mode and
+    /// mtime, unsynced; the caller syncs it and renames it into place.
+    fn write_part(
         &self,
         src: &Source<'_>,
-        file: &crate::manifest::FileEntry,
+        file: &FileEntry,
         dir: &Path,
         limiter: &RateLimiter,
-    ) -> Result<u64, TierError> {
+    ) -> Result<(Part, u64), TierError> {
         let dest = file.path.under(dir);
         let parent = dest.parent().unwrap_or(dir);
         durable::create_dir_all_durable(parent, 0o700)
@@ -175,15 +199,60 @@ impl PfsTier {
             Ok(())
         })?;
         let out = out.finish().map_err(|e| self.io_failed(e))?;
-        out.sync_all()
-            .map_err(|e| self.unavailable("syncing", &part, e))?;
         let _ = out.set_modified(file.mtime);
-        drop(out);
-        fs::set_permissions(&part, fs::Permissions::from_mode(file.mode))
+        // On the descriptor: no second path walk on the metadata server.
+        out.set_permissions(fs::Permissions::from_mode(file.mode))
             .map_err(|e| self.unavailable("setting the mode of", &part, e))?;
-        fs::rename(&part, &dest).map_err(|e| self.unavailable("renaming", &dest, e))?;
-        Ok(sent)
+        Ok((
+            Part {
+                file: out,
+                part,
+                dest,
+            },
+            sent,
+        ))
     }
+}
+
+/// A file written to its part name, waiting for its group's sync.
+struct Part {
+    file: File,
+    part: PathBuf,
+    dest: PathBuf,
+}
+
+/// Files per group at most: each group holds this many descriptors open.
+const GROUP_FILES: usize = 64;
+/// Bytes per group at most: the group's files wait for the last one
+/// before they are synced, and a drain that stops mid-group sends them
+/// again.
+const GROUP_BYTES: u64 = 16 << 20;
+/// Files this large are synced alone, as they are written: their own
+/// bytes, not a journal commit, make most of their fsync, and a drain
+/// stopped in the middle of a set of large files resumes file by file.
+const ALONE_FROM: u64 = 1 << 20;
+
+/// `files` cut, in order, into the groups [`PfsTier::push_files`] syncs
+/// together.
+fn groups(files: &[&FileEntry]) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, f) in files.iter().enumerate() {
+        let alone = f.size >= ALONE_FROM;
+        if i > start && (alone || i - start == GROUP_FILES || bytes + f.size > GROUP_BYTES) {
+            out.push(start..i);
+            (start, bytes) = (i, 0);
+        }
+        bytes += f.size;
+        if alone {
+            out.push(start..i + 1);
+            (start, bytes) = (i + 1, 0);
+        }
+    }
+    if start < files.len() {
+        out.push(start..files.len());
+    }
+    out
 }
 
 impl Tier for PfsTier {
@@ -367,6 +436,31 @@ mod tests {
     use crate::path::RelPath;
     use crate::store::{Store, StoreOptions};
     use crate::tier::NoResume;
+
+    #[test]
+    fn small_files_are_synced_in_groups_and_large_ones_alone() {
+        let entry = |i: usize, size: u64| FileEntry {
+            path: RelPath::new(format!("f{i}")).unwrap(),
+            size,
+            mode: 0o600,
+            mtime: std::time::SystemTime::UNIX_EPOCH,
+            chunk_size: 1 << 20,
+            crc32c: Vec::new(),
+        };
+        // 150 files of 64 KiB: full groups of GROUP_FILES, then the rest.
+        let small: Vec<FileEntry> = (0..150).map(|i| entry(i, 64 << 10)).collect();
+        let refs: Vec<&FileEntry> = small.iter().collect();
+        assert_eq!(groups(&refs), [0..64, 64..128, 128..150]);
+        // A large file closes the group before it and stands alone; the
+        // bytes limit closes a group of middling files (18 of 900 KiB fit
+        // in 16 MiB, 19 do not).
+        let mut mixed = vec![entry(0, 512 << 10), entry(1, 512 << 10), entry(2, 2 << 20)];
+        mixed.extend((3..23).map(|i| entry(i, 900 << 10)));
+        mixed.push(entry(23, ALONE_FROM));
+        let refs: Vec<&FileEntry> = mixed.iter().collect();
+        assert_eq!(groups(&refs), [0..2, 2..3, 3..21, 21..23, 23..24]);
+        assert!(groups(&[]).is_empty());
+    }
 
     fn setup() -> (tempfile::TempDir, Store, PfsTier) {
         let d = crate::testutil::scratch("ckpt-pfs-");
