@@ -11,11 +11,18 @@
 //!   batch's time: one level down (never below [`AUTO_MIN`], one of
 //!   zstd's fast levels);
 //! - the last chunk was compressed before half the batch's time had
-//!   passed (the link is more than twice slower): one level up (never
-//!   above [`AUTO_MAX`]).
+//!   passed (the link is more than twice slower), in [`UP_AFTER`] batches
+//!   in a row: one level up (never above [`AUTO_MAX`]).
 //!
 //! Between the two the level stays, which keeps it from flapping between
-//! neighbours. The level reached carries over to the tier's next push.
+//! neighbours. Going up takes more than one batch because a checkpoint's
+//! batches differ: one of zeros and sparse pages compresses in a fraction
+//! of the time of one of doubles, so a single fast batch said little about
+//! the next. With one batch enough, a 2 GiB push of the drain benchmark's
+//! mixed data changed level after 14 to 16 of its 32 batches (2, 3, 2, 3,
+//! 2, 1, 2, 1, …), and a batch of doubles at 3 left the sender waiting
+//! for 113 ms of its 121. With two, it changed after 6 to 10. The level
+//! reached carries over to the tier's next push.
 //!
 //! Below 1 come zstd's fast levels (`zstd --fast=N` is level -N): still
 //! zstd frames, the receiver decompresses them like any other. On the
@@ -40,6 +47,9 @@ pub const AUTO_MIN: i32 = -5;
 pub const AUTO_MAX: i32 = 9;
 /// Where `auto` starts before it has measured anything.
 pub const AUTO_START: i32 = 3;
+/// Batches in a row that must find the link the slower end before
+/// `auto` goes one level up.
+pub const UP_AFTER: u32 = 2;
 /// The range of a fixed level, but for 0 (zstd's "default", which is 3:
 /// refused rather than silently meaning something else). Negative levels
 /// are zstd's fast ones.
@@ -129,19 +139,26 @@ impl<'de> Deserialize<'de> for ZstdLevel {
 pub struct Adaptive {
     level: i32,
     auto: bool,
+    /// Batches in a row, up to now, that found the link the slower end.
+    slow_link: u32,
 }
 
 impl Adaptive {
     /// Under `auto`, `from` is the level the tier's last push ended at.
     pub fn new(setting: ZstdLevel, from: Option<i32>) -> Adaptive {
         match setting {
-            ZstdLevel::Fixed(level) => Adaptive { level, auto: false },
+            ZstdLevel::Fixed(level) => Adaptive {
+                level,
+                auto: false,
+                slow_link: 0,
+            },
             ZstdLevel::Auto => Adaptive {
                 level: match from.unwrap_or(AUTO_START).clamp(AUTO_MIN, AUTO_MAX) {
                     0 => 1,
                     l => l,
                 },
                 auto: true,
+                slow_link: 0,
             },
         }
     }
@@ -164,10 +181,18 @@ impl Adaptive {
             return None;
         }
         let next = if starved * 4 > total {
+            self.slow_link = 0;
             step(self.level, -1)
         } else if compressed * 2 < total {
-            step(self.level, 1)
+            self.slow_link += 1;
+            if self.slow_link >= UP_AFTER {
+                self.slow_link = 0;
+                step(self.level, 1)
+            } else {
+                self.level
+            }
         } else {
+            self.slow_link = 0;
             self.level
         };
         (next != self.level).then(|| {
@@ -261,11 +286,13 @@ mod tests {
             a.observe(ms(60), ms(30), ms(62));
         }
         assert_eq!(a.level(), AUTO_MIN);
-        // And back up over 0 once the link is the slower end.
+        // And back up over 0 once the link is the slower end, after
+        // UP_AFTER batches that say so.
         let mut up = Adaptive::new(ZstdLevel::Auto, Some(-1));
+        assert_eq!(up.observe(ms(10), ms(1), ms(500)), None);
         assert_eq!(up.observe(ms(10), ms(1), ms(500)), Some(1));
         // A slow link: everything compressed early, up to the ceiling.
-        for _ in 0..20 {
+        for _ in 0..40 {
             a.observe(ms(10), ms(1), ms(500));
         }
         assert_eq!(a.level(), AUTO_MAX);
@@ -274,6 +301,23 @@ mod tests {
         assert_eq!(a.observe(ms(50), ms(5), ms(60)), None);
         // A batch that took no time says nothing.
         assert_eq!(a.observe(ms(0), ms(0), Duration::ZERO), None);
+    }
+
+    #[test]
+    fn one_quick_batch_between_slow_ones_does_not_move_the_level_up() {
+        let mut a = Adaptive::new(ZstdLevel::Auto, Some(1));
+        // A batch of zeros compresses early; the next, of doubles, keeps
+        // the compressor busy (balanced: no move either way).
+        for _ in 0..10 {
+            assert_eq!(a.observe(ms(20), ms(2), ms(100)), None);
+            assert_eq!(a.observe(ms(80), ms(10), ms(100)), None);
+        }
+        assert_eq!(a.level(), 1);
+        // A starved batch between two quick ones breaks the streak too.
+        assert_eq!(a.observe(ms(20), ms(2), ms(100)), None);
+        assert_eq!(a.observe(ms(90), ms(40), ms(100)), Some(-1));
+        assert_eq!(a.observe(ms(20), ms(2), ms(100)), None);
+        assert_eq!(a.observe(ms(20), ms(2), ms(100)), Some(1));
     }
 
     #[test]

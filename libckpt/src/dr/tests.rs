@@ -947,12 +947,13 @@ fn auto_compression_climbs_on_a_slow_link_and_the_next_push_starts_there() {
     let server = site.start();
     let tier = DrTier::new(server.addr.to_string(), &site.key, ZstdLevel::Auto).unwrap();
     assert_eq!(tier.zstd_level(), (ZstdLevel::Auto, None));
-    // 40 MiB that compress about 2:1: one batch.
-    let data: Vec<u8> = random(41, 40 << 20).iter().map(|b| b & 0x0f).collect();
+    // 72 MiB that compress about 2:1: two batches, as many as `auto`
+    // needs to see before it climbs (UP_AFTER).
+    let data: Vec<u8> = random(41, 72 << 20).iter().map(|b| b & 0x0f).collect();
     let m = site.commit("s1", &[("a", &data)]);
-    // At 8 MiB/s a batch spends seconds on the link and a fraction of
-    // that compressing, on any machine: auto must climb after it.
-    let slow = RateLimiter::new(Some(8 << 20));
+    // At 16 MiB/s a batch spends seconds on the link and a fraction of
+    // that compressing, on any machine: auto must climb after them.
+    let slow = RateLimiter::new(Some(16 << 20));
     tier.push(&site.source(&m), &slow, &mut NoResume).unwrap();
     let (_, reached) = tier.zstd_level();
     let reached = reached.expect("auto remembers its level");
@@ -979,9 +980,10 @@ fn the_level_reached_outlives_the_process_in_its_file() {
     };
     // Nothing learned yet: a fresh tier starts at the default.
     assert_eq!(tier().compression().level(), super::level::AUTO_START);
-    let data: Vec<u8> = random(43, 40 << 20).iter().map(|b| b & 0x0f).collect();
+    // Two batches on a slow link: enough for `auto` to move.
+    let data: Vec<u8> = random(43, 72 << 20).iter().map(|b| b & 0x0f).collect();
     let m = site.commit("s1", &[("a", &data)]);
-    let slow = RateLimiter::new(Some(8 << 20));
+    let slow = RateLimiter::new(Some(16 << 20));
     let first = tier();
     first.push(&site.source(&m), &slow, &mut NoResume).unwrap();
     let reached = first.zstd_level().1.expect("auto remembers its level");
