@@ -37,6 +37,7 @@ pub mod frame;
 pub mod handler;
 pub mod level;
 pub mod piece;
+mod pipeline;
 pub mod proto;
 mod push;
 pub mod rdma;

@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use super::auth::{self, Key};
 use super::error::DrError;
-use super::frame::{self, read_message, write_message, FrameError};
+use super::frame::{self, read_message, write_message, FrameError, Message};
 use super::handler::{Repo, RepoOptions};
+use super::pipeline;
 use super::proto::{ErrorKind, ErrorReply, MsgType};
 use super::transport::{Choice, Io, RdmaOptions, Stream, Tcp};
 
@@ -397,6 +398,17 @@ struct Connection {
     io_timeout: Duration,
 }
 
+/// One request handled, a refusal logged with what was asked.
+fn answer(repo: &Repo, peer: &str, msg: &Message) -> Message {
+    let reply = repo.handle(msg);
+    if reply.kind == MsgType::Error {
+        if let Ok(e) = serde_json::from_slice::<ErrorReply>(&reply.payload) {
+            tracing::info!(%peer, request = %msg.kind, kind = ?e.kind, message = %e.message, "DR request refused");
+        }
+    }
+    reply
+}
+
 impl Connection {
     fn serve(self, stream: Arc<dyn Stream>) {
         self.shared
@@ -441,6 +453,16 @@ impl Connection {
         }
         tracing::info!(%peer, "DR client authenticated");
         setup(self.io_timeout)?;
+        if stream.concurrent() {
+            let ended = pipeline::serve(&self.repo, peer, &mut r, w, answer);
+            if let Err(e) = &ended.result {
+                match ended.writer {
+                    Some(mut w) => self.report(&mut w, e),
+                    None => self.report(&mut std::io::sink(), e),
+                }
+            }
+            return ended.result;
+        }
         loop {
             let msg = match read_message(&mut r, peer, usize::MAX) {
                 Ok(m) => m,
@@ -451,12 +473,7 @@ impl Connection {
                     return Err(e);
                 }
             };
-            let reply = self.repo.handle(&msg);
-            if reply.kind == MsgType::Error {
-                if let Ok(e) = serde_json::from_slice::<ErrorReply>(&reply.payload) {
-                    tracing::info!(%peer, request = %msg.kind, kind = ?e.kind, message = %e.message, "DR request refused");
-                }
-            }
+            let reply = answer(&self.repo, peer, &msg);
             write_message(&mut w, peer, reply.kind, &reply.payload)?;
             w.flush().map_err(|source| FrameError::Io {
                 peer: peer.into(),

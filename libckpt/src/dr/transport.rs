@@ -91,7 +91,7 @@ impl Default for RdmaOptions {
     }
 }
 
-/// A connected, full-duplex byte stream. Methods take `&self` so one
+/// A connected byte stream. Methods take `&self` so one
 /// thread can cut a stream another is blocked on ([`Stream::shutdown`]).
 pub trait Stream: Send + Sync {
     fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
@@ -102,6 +102,11 @@ pub trait Stream: Send + Sync {
     /// Cut the stream: blocked and later calls fail or see end of stream.
     fn shutdown(&self);
     fn in_use(&self) -> InUse;
+    /// Whether one thread may block in [`Stream::read`] while another
+    /// writes. Where not, one thread must do both, in turn.
+    fn concurrent(&self) -> bool {
+        false
+    }
 }
 
 /// `Read` and `Write` over a shared [`Stream`], for the buffered readers
@@ -162,6 +167,9 @@ impl Stream for Tcp {
             kind: "tcp".into(),
             detail: self.why.clone(),
         }
+    }
+    fn concurrent(&self) -> bool {
+        true
     }
 }
 

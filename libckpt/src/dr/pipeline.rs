@@ -1,0 +1,215 @@
+//! The receiver's requests served with chunks checked and stored in
+//! parallel, and every answer still sent in the order of the requests.
+//!
+//! One chunk costs the receiver a zstd decompression, BLAKE3 and crc32c
+//! of the raw bytes, and an O_DIRECT write that waits for the disk. Done
+//! one after the other on the connection's thread, the disk wait left a
+//! core idle and the sender's window full. Here the connection's thread
+//! only reads frames: each `PutChunk` goes to the rayon pool, and a reply
+//! thread writes the answers in order as they come. Any other request
+//! first waits for the chunks before it, so a `Lacking` or a set record
+//! never sees a chunk that was sent but is not stored yet (which would
+//! make the client send it again).
+//!
+//! It needs a stream that one thread can read while another writes; a
+//! stream that cannot ([`Stream::concurrent`]) is served one request at
+//! a time by the server itself.
+//!
+//! [`Stream::concurrent`]: super::transport::Stream::concurrent
+
+use std::io::{BufReader, BufWriter, Write};
+use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Condvar, Mutex};
+
+use super::error::DrError;
+use super::frame::{read_message, write_message, FrameError, Message};
+use super::handler::Repo;
+use super::proto::MsgType;
+use super::transport::Io;
+
+/// Requests read ahead of their answers. The client's own window (16
+/// chunks) is the usual bound; this one caps memory whatever the client.
+const AHEAD: usize = 32;
+
+/// An answer the reply thread writes in its turn.
+enum Answer {
+    Ready(Message),
+    Pending(Receiver<Message>),
+}
+
+/// Chunks handed to the pool and not answered yet.
+#[derive(Default)]
+struct InFlight {
+    n: Mutex<usize>,
+    zero: Condvar,
+}
+
+impl InFlight {
+    fn add(&self) {
+        *self.n.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+    }
+
+    fn done(&self) {
+        let mut n = self.n.lock().unwrap_or_else(|p| p.into_inner());
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            self.zero.notify_all();
+        }
+    }
+
+    fn wait_none(&self) {
+        let mut n = self.n.lock().unwrap_or_else(|p| p.into_inner());
+        while *n > 0 {
+            n = self.zero.wait(n).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// How the connection ended: cleanly, or with an error the server reports
+/// to the peer on the writer it gets back.
+pub(super) struct Ended {
+    pub result: Result<(), DrError>,
+    /// The reply writer, once every answer before the end is written;
+    /// `None` when writing failed (the peer is gone).
+    pub writer: Option<BufWriter<Io>>,
+}
+
+/// Serve requests from `r` until the peer closes or an error, answering
+/// on `w`; `answer` handles one request (and logs a refusal).
+pub(super) fn serve(
+    repo: &Arc<Repo>,
+    peer: &str,
+    r: &mut BufReader<Io>,
+    w: BufWriter<Io>,
+    answer: fn(&Repo, &str, &Message) -> Message,
+) -> Ended {
+    let (tx, rx) = mpsc::sync_channel::<Answer>(AHEAD);
+    let replies = {
+        let peer = peer.to_owned();
+        std::thread::Builder::new()
+            .name("ckptfs-dr-reply".into())
+            .spawn(move || write_in_order(rx, w, &peer))
+    };
+    let replies = match replies {
+        Ok(h) => h,
+        Err(e) => {
+            return Ended {
+                result: Err(DrError::Frame(FrameError::Io {
+                    peer: peer.into(),
+                    source: e,
+                })),
+                writer: None,
+            }
+        }
+    };
+    let in_flight = Arc::new(InFlight::default());
+    let result = read_requests(repo, peer, r, &tx, &in_flight, answer);
+    // Nothing of this connection may still be writing to the repository
+    // once it has ended (a stopped server is stopped).
+    in_flight.wait_none();
+    drop(tx);
+    let (writer, wrote) = match replies.join() {
+        Ok(Ok(w)) => (Some(w), Ok(())),
+        Ok(Err(e)) => (None, Err(e)),
+        Err(_) => (
+            None,
+            Err(DrError::Frame(FrameError::Io {
+                peer: peer.into(),
+                source: std::io::Error::other("the reply thread panicked"),
+            })),
+        ),
+    };
+    Ended {
+        // A read error says more than the write error it caused.
+        result: result.and(wrote),
+        writer,
+    }
+}
+
+fn read_requests(
+    repo: &Arc<Repo>,
+    peer: &str,
+    r: &mut BufReader<Io>,
+    tx: &SyncSender<Answer>,
+    in_flight: &Arc<InFlight>,
+    answer: fn(&Repo, &str, &Message) -> Message,
+) -> Result<(), DrError> {
+    loop {
+        let msg = match read_message(r, peer, usize::MAX) {
+            Ok(m) => m,
+            Err(FrameError::Closed { .. }) => return Ok(()),
+            Err(e) => return Err(DrError::Frame(e)),
+        };
+        let next = if msg.kind == MsgType::PutChunk {
+            let (done_tx, done_rx) = mpsc::sync_channel(1);
+            let (repo, in_flight, peer) = (repo.clone(), in_flight.clone(), peer.to_owned());
+            in_flight.add();
+            rayon::spawn(move || {
+                let _ = done_tx.send(answer(&repo, &peer, &msg));
+                in_flight.done();
+            });
+            Answer::Pending(done_rx)
+        } else {
+            in_flight.wait_none();
+            Answer::Ready(answer(repo, peer, &msg))
+        };
+        if tx.send(next).is_err() {
+            // The reply thread stopped: its error ends the connection.
+            return Ok(());
+        }
+    }
+}
+
+/// The reply thread: answers in the order of the requests, flushed
+/// whenever the next one is not ready yet (so the client never waits on
+/// an answer sitting in the buffer).
+fn write_in_order(
+    rx: Receiver<Answer>,
+    mut w: BufWriter<Io>,
+    peer: &str,
+) -> Result<BufWriter<Io>, DrError> {
+    let flush = |w: &mut BufWriter<Io>| {
+        w.flush().map_err(|source| FrameError::Io {
+            peer: peer.into(),
+            source,
+        })
+    };
+    loop {
+        let next = match rx.try_recv() {
+            Ok(a) => a,
+            Err(TryRecvError::Empty) => {
+                flush(&mut w)?;
+                match rx.recv() {
+                    Ok(a) => a,
+                    Err(_) => return Ok(w),
+                }
+            }
+            Err(TryRecvError::Disconnected) => {
+                flush(&mut w)?;
+                return Ok(w);
+            }
+        };
+        let reply = match next {
+            Answer::Ready(m) => m,
+            Answer::Pending(done) => match done.try_recv() {
+                Ok(m) => m,
+                Err(_) => {
+                    flush(&mut w)?;
+                    match done.recv() {
+                        Ok(m) => m,
+                        // The job died without an answer (a panic in the
+                        // handler): end the connection; the client
+                        // reconnects and asks again.
+                        Err(_) => {
+                            return Err(DrError::Frame(FrameError::Io {
+                                peer: peer.into(),
+                                source: std::io::Error::other("a chunk was never answered"),
+                            }))
+                        }
+                    }
+                }
+            },
+        };
+        write_message(&mut w, peer, reply.kind, &reply.payload)?;
+    }
+}
