@@ -24,12 +24,40 @@ fn main() -> ExitCode {
         args::Command::Mount { .. } | args::Command::Serve(_)
     );
     init_logging(cli.global.verbose + u8::from(daemon));
+    raise_open_file_limit();
     match commands::run(cli) {
         Ok(code) => code.into(),
         Err(e) => {
             eprintln!("ckptfs: {e:#}");
             exit::Exit::from_error(&e).into()
         }
+    }
+}
+
+/// Most open files this process asks for: high enough for a daemon, low
+/// enough that a child which closes every descriptor up to its limit
+/// does not take long.
+const OPEN_FILES: libc::rlim_t = 65536;
+
+/// The daemon holds many files open at once: the application's, through
+/// FUSE, and the PFS tier's groups of small files waiting for their sync
+/// (up to 256). The soft limit (often 1024) is lifted toward the hard one,
+/// as most servers do; a failure leaves it as it was.
+fn raise_open_file_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let want = lim.rlim_max.min(OPEN_FILES);
+    if lim.rlim_cur < want {
+        lim.rlim_cur = want;
+        // SAFETY: setrlimit only reads the struct we own; a soft limit up
+        // to the hard one needs no privilege.
+        unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) };
     }
 }
 

@@ -65,6 +65,15 @@ impl InFlight {
     }
 }
 
+/// One chunk job; counted off [`InFlight`] when dropped.
+struct Counted(Arc<InFlight>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.done();
+    }
+}
+
 /// How the connection ended: cleanly, or with an error the server reports
 /// to the peer on the writer it gets back.
 pub(super) struct Ended {
@@ -145,8 +154,10 @@ fn read_requests(
             let (repo, in_flight, peer) = (repo.clone(), in_flight.clone(), peer.to_owned());
             in_flight.add();
             rayon::spawn(move || {
+                // Counted off however the job ends, so the connection
+                // never waits for a chunk that is gone.
+                let _counted = Counted(in_flight);
                 let _ = done_tx.send(answer(&repo, &peer, &msg));
-                in_flight.done();
             });
             Answer::Pending(done_rx)
         } else {
@@ -197,9 +208,10 @@ fn write_in_order(
                     flush(&mut w)?;
                     match done.recv() {
                         Ok(m) => m,
-                        // The job died without an answer (a panic in the
-                        // handler): end the connection; the client
-                        // reconnects and asks again.
+                        // The job ended without an answer (a panic in
+                        // the handler, where the pool does not abort):
+                        // end the connection; the client reconnects and
+                        // asks again.
                         Err(_) => {
                             return Err(DrError::Frame(FrameError::Io {
                                 peer: peer.into(),
