@@ -331,3 +331,59 @@ fn help_documents_exit_codes() {
         .unwrap();
     assert_eq!(code(&out), 2);
 }
+
+/// A daemon started from a shell keeps many files open (the PFS tier syncs
+/// small files in groups, up to 256 open at once): `ckptfs` lifts a soft
+/// limit of 1024 toward the hard one (at most 65 536).
+#[test]
+fn the_soft_open_file_limit_is_lifted_toward_the_hard_one() {
+    let env = Env::new("fallback");
+    let key = env.dir.path().join("key");
+    fs::write(&key, [7u8; 32]).expect("write key");
+    fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .expect("chmod key");
+    let mut child = Command::new("bash")
+        .arg("-c")
+        .arg(r#"ulimit -Sn 1024 && exec "$0" "$@""#)
+        .arg(env!("CARGO_BIN_EXE_ckptfs"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+        .arg(env.dir.path().join("root"))
+        .arg("--key")
+        .arg(&key)
+        .env("CKPTFS_CONFIG", env.empty_config())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start ckptfs serve");
+    let (limits, comm) = (
+        format!("/proc/{}/limits", child.id()),
+        format!("/proc/{}/comm", child.id()),
+    );
+    // (soft, hard) of the process once it is ckptfs: before the exec, the
+    // shell still has the limits this test inherited.
+    let read = || -> Option<(u64, u64)> {
+        if fs::read_to_string(&comm).ok()?.trim() != "ckptfs" {
+            return None;
+        }
+        let text = fs::read_to_string(&limits).ok()?;
+        let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+        let mut n = line.split_whitespace().skip(3);
+        let parse = |s: Option<&str>| match s? {
+            "unlimited" => Some(u64::MAX),
+            v => v.parse().ok(),
+        };
+        Some((parse(n.next())?, parse(n.next())?))
+    };
+    let want = |hard: u64| hard.min(65536);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seen = read();
+    while std::time::Instant::now() < deadline
+        && !matches!(seen, Some((soft, hard)) if soft == want(hard))
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        seen = read();
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let (soft, hard) = seen.expect("read the open-file limits of ckptfs serve");
+    assert_eq!(soft, want(hard), "soft {soft}, hard {hard}");
+}

@@ -180,12 +180,27 @@ impl Repo {
 
     /// Answer one request. Never panics; a failure is an `Error` reply.
     pub fn handle(&self, msg: &Message) -> Message {
+        self.reply(msg, None)
+    }
+
+    /// [`Repo::handle`] for a request from `peer`, a refusal logged with
+    /// what was asked.
+    pub fn answer(&self, peer: &str, msg: &Message) -> Message {
+        self.reply(msg, Some(peer))
+    }
+
+    fn reply(&self, msg: &Message, peer: Option<&str>) -> Message {
         match self.dispatch(msg) {
             Ok(m) => m,
-            Err(r) => Message {
-                kind: MsgType::Error,
-                payload: proto::encode(&ErrorReply::new(r.kind, r.message)),
-            },
+            Err(r) => {
+                if let Some(peer) = peer {
+                    tracing::info!(%peer, request = %msg.kind, kind = ?r.kind, message = %r.message, "DR request refused");
+                }
+                Message {
+                    kind: MsgType::Error,
+                    payload: proto::encode(&ErrorReply::new(r.kind, r.message)),
+                }
+            }
         }
     }
 

@@ -18,7 +18,7 @@
 //! [`Stream::concurrent`]: super::transport::Stream::concurrent
 
 use std::io::{BufReader, BufWriter, Write};
-use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::{Arc, Condvar, Mutex};
 
 use super::error::DrError;
@@ -45,8 +45,10 @@ struct InFlight {
 }
 
 impl InFlight {
-    fn add(&self) {
+    /// One more chunk in flight, until the guard is dropped.
+    fn start(self: &Arc<Self>) -> Counted {
         *self.n.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        Counted(self.clone())
     }
 
     fn done(&self) {
@@ -65,7 +67,7 @@ impl InFlight {
     }
 }
 
-/// One chunk job; counted off [`InFlight`] when dropped.
+/// One chunk in flight ([`InFlight::start`]); counted off when dropped.
 struct Counted(Arc<InFlight>);
 
 impl Drop for Counted {
@@ -84,13 +86,12 @@ pub(super) struct Ended {
 }
 
 /// Serve requests from `r` until the peer closes or an error, answering
-/// on `w`; `answer` handles one request (and logs a refusal).
+/// on `w`.
 pub(super) fn serve(
     repo: &Arc<Repo>,
     peer: &str,
     r: &mut BufReader<Io>,
     w: BufWriter<Io>,
-    answer: fn(&Repo, &str, &Message) -> Message,
 ) -> Ended {
     let (tx, rx) = mpsc::sync_channel::<Answer>(AHEAD);
     let replies = {
@@ -112,7 +113,7 @@ pub(super) fn serve(
         }
     };
     let in_flight = Arc::new(InFlight::default());
-    let result = read_requests(repo, peer, r, &tx, &in_flight, answer);
+    let result = read_requests(repo, peer, r, &tx, &in_flight);
     // Nothing of this connection may still be writing to the repository
     // once it has ended (a stopped server is stopped).
     in_flight.wait_none();
@@ -141,7 +142,6 @@ fn read_requests(
     r: &mut BufReader<Io>,
     tx: &SyncSender<Answer>,
     in_flight: &Arc<InFlight>,
-    answer: fn(&Repo, &str, &Message) -> Message,
 ) -> Result<(), DrError> {
     loop {
         let msg = match read_message(r, peer, usize::MAX) {
@@ -151,18 +151,18 @@ fn read_requests(
         };
         let next = if msg.kind == MsgType::PutChunk {
             let (done_tx, done_rx) = mpsc::sync_channel(1);
-            let (repo, in_flight, peer) = (repo.clone(), in_flight.clone(), peer.to_owned());
-            in_flight.add();
+            let (repo, peer) = (repo.clone(), peer.to_owned());
+            let counted = in_flight.start();
             rayon::spawn(move || {
                 // Counted off however the job ends, so the connection
                 // never waits for a chunk that is gone.
-                let _counted = Counted(in_flight);
-                let _ = done_tx.send(answer(&repo, &peer, &msg));
+                let _counted = counted;
+                let _ = done_tx.send(repo.answer(&peer, &msg));
             });
             Answer::Pending(done_rx)
         } else {
             in_flight.wait_none();
-            Answer::Ready(answer(repo, peer, &msg))
+            Answer::Ready(repo.answer(peer, &msg))
         };
         if tx.send(next).is_err() {
             // The reply thread stopped: its error ends the connection.
@@ -179,49 +179,37 @@ fn write_in_order(
     mut w: BufWriter<Io>,
     peer: &str,
 ) -> Result<BufWriter<Io>, DrError> {
-    let flush = |w: &mut BufWriter<Io>| {
-        w.flush().map_err(|source| FrameError::Io {
-            peer: peer.into(),
-            source,
-        })
-    };
-    loop {
-        let next = match rx.try_recv() {
-            Ok(a) => a,
-            Err(TryRecvError::Empty) => {
-                flush(&mut w)?;
-                match rx.recv() {
-                    Ok(a) => a,
-                    Err(_) => return Ok(w),
-                }
-            }
-            Err(TryRecvError::Disconnected) => {
-                flush(&mut w)?;
-                return Ok(w);
-            }
-        };
+    while let Some(next) = next_or_flush(&rx, &mut w, peer)? {
         let reply = match next {
             Answer::Ready(m) => m,
-            Answer::Pending(done) => match done.try_recv() {
-                Ok(m) => m,
-                Err(_) => {
-                    flush(&mut w)?;
-                    match done.recv() {
-                        Ok(m) => m,
-                        // The job ended without an answer (a panic in
-                        // the handler, where the pool does not abort):
-                        // end the connection; the client reconnects and
-                        // asks again.
-                        Err(_) => {
-                            return Err(DrError::Frame(FrameError::Io {
-                                peer: peer.into(),
-                                source: std::io::Error::other("a chunk was never answered"),
-                            }))
-                        }
-                    }
-                }
-            },
+            // The job ended without an answer (a panic in the handler,
+            // where the pool does not abort): end the connection; the
+            // client reconnects and asks again.
+            Answer::Pending(done) => {
+                next_or_flush(&done, &mut w, peer)?.ok_or_else(|| FrameError::Io {
+                    peer: peer.into(),
+                    source: std::io::Error::other("a chunk was never answered"),
+                })?
+            }
         };
         write_message(&mut w, peer, reply.kind, &reply.payload)?;
     }
+    Ok(w)
+}
+
+/// The next item of `rx`, flushing `w` first when it has to wait for it
+/// (and when `rx` is done: `None`).
+fn next_or_flush<T>(
+    rx: &Receiver<T>,
+    w: &mut BufWriter<Io>,
+    peer: &str,
+) -> Result<Option<T>, FrameError> {
+    if let Ok(t) = rx.try_recv() {
+        return Ok(Some(t));
+    }
+    w.flush().map_err(|source| FrameError::Io {
+        peer: peer.into(),
+        source,
+    })?;
+    Ok(rx.recv().ok())
 }

@@ -21,10 +21,10 @@ use std::time::Duration;
 
 use super::auth::{self, Key};
 use super::error::DrError;
-use super::frame::{self, read_message, write_message, FrameError, Message};
+use super::frame::{self, read_message, write_message, FrameError};
 use super::handler::{Repo, RepoOptions};
 use super::pipeline;
-use super::proto::{ErrorKind, ErrorReply, MsgType};
+use super::proto::ErrorKind;
 use super::transport::{Choice, Io, RdmaOptions, Stream, Tcp};
 
 /// How long an unauthenticated peer may take over the handshake.
@@ -398,17 +398,6 @@ struct Connection {
     io_timeout: Duration,
 }
 
-/// One request handled, a refusal logged with what was asked.
-fn answer(repo: &Repo, peer: &str, msg: &Message) -> Message {
-    let reply = repo.handle(msg);
-    if reply.kind == MsgType::Error {
-        if let Ok(e) = serde_json::from_slice::<ErrorReply>(&reply.payload) {
-            tracing::info!(%peer, request = %msg.kind, kind = ?e.kind, message = %e.message, "DR request refused");
-        }
-    }
-    reply
-}
-
 impl Connection {
     fn serve(self, stream: Arc<dyn Stream>) {
         self.shared
@@ -454,7 +443,7 @@ impl Connection {
         tracing::info!(%peer, "DR client authenticated");
         setup(self.io_timeout)?;
         if stream.concurrent() {
-            let ended = pipeline::serve(&self.repo, peer, &mut r, w, answer);
+            let ended = pipeline::serve(&self.repo, peer, &mut r, w);
             if let Err(e) = &ended.result {
                 match ended.writer {
                     Some(mut w) => self.report(&mut w, e),
@@ -473,7 +462,7 @@ impl Connection {
                     return Err(e);
                 }
             };
-            let reply = answer(&self.repo, peer, &msg);
+            let reply = self.repo.answer(peer, &msg);
             write_message(&mut w, peer, reply.kind, &reply.payload)?;
             w.flush().map_err(|source| FrameError::Io {
                 peer: peer.into(),
