@@ -42,10 +42,15 @@ pub fn mostly_cached(file: &File, size: u64) -> bool {
     if size == 0 {
         return false;
     }
-    match cachestat(file, size) {
-        Ok(stat) => stat.nr_cache * 2 >= size.div_ceil(page_size()),
+    match cached_pages(file, size) {
+        Ok(pages) => pages * 2 >= size.div_ceil(page_size()),
         Err(_) => false,
     }
+}
+
+/// How many pages of the first `len` bytes of `file` the page cache holds.
+pub(super) fn cached_pages(file: &File, len: u64) -> std::io::Result<u64> {
+    cachestat(file, len).map(|s| s.nr_cache)
 }
 
 /// The page cache's view of the first `len` bytes of `file`.

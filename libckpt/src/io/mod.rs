@@ -17,6 +17,7 @@
 mod buffer;
 mod cached;
 mod fallback;
+mod once;
 mod uring;
 mod writer;
 
@@ -34,6 +35,7 @@ use crate::chunk::{ChunkHasher, FileDigest};
 #[cfg(test)]
 use buffer::AlignedBuf;
 use buffer::PAGE;
+pub use once::ReadOnce;
 pub use writer::FileWriter;
 
 /// Queue depths the engine accepts (`io.queue_depth`).

@@ -480,7 +480,8 @@ fn copy_file_verified(
         tier: tier.to_owned(),
         message: format!("reading {}: {e}", src.display()),
     };
-    let mut input = std::fs::File::open(&src).map_err(unavailable)?;
+    let mut input =
+        crate::io::ReadOnce::new(std::fs::File::open(&src).map_err(unavailable)?, file.size);
     let mut counted = Counted {
         inner: &mut input,
         progress,
