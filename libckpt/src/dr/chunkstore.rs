@@ -32,7 +32,7 @@ use super::blob::{self, BlobError, ChunkHash, ChunkHeader, CHUNK_HEADER_LEN};
 use super::frame::MAX_FRAME_PAYLOAD;
 use super::syncer::{Dirty, Job, Syncer};
 use crate::durable::{self, IoContext, PathError};
-use crate::io::{IoEngine, IoError};
+use crate::io::IoEngine;
 
 const TEMP_SUFFIX: &str = ".tmp";
 
@@ -163,7 +163,7 @@ impl ChunkStore {
             w.write(blob)?;
             w.finish()
         })()
-        .map_err(IoError::into_path_error);
+        .map_err(|e| e.into_path_error(&tmp));
         match written {
             Ok(file) => self.syncer.submit(Job { file, tmp, path }),
             Err(e) => {

@@ -159,10 +159,11 @@ impl Repo {
             kind: crate::io::EngineKind::Fallback,
             ..opts.io.clone()
         };
-        let engine = crate::io::IoEngine::new(&io).map_err(|e| at(e.into_path_error()))?;
+        let chunks = root.join("chunks");
+        let engine = crate::io::IoEngine::new(&io).map_err(|e| at(e.into_path_error(&chunks)))?;
         Ok(Repo {
             root: root.to_owned(),
-            chunks: ChunkStore::open(&root.join("chunks"), engine).map_err(at)?,
+            chunks: ChunkStore::open(&chunks, engine).map_err(at)?,
             sets: SetStore::open(&root.join("sets")).map_err(at)?,
             opts,
             records: Mutex::new(()),

@@ -1013,3 +1013,25 @@ fn the_level_reached_outlives_the_process_in_its_file() {
     fixed.push(&site.source(&m), &slow, &mut NoResume).unwrap();
     assert_eq!(fs::read_to_string(&file).unwrap(), "7\n");
 }
+
+#[test]
+fn a_receiver_whose_io_cannot_be_set_up_names_its_chunk_directory() {
+    let site = Site::new();
+    let opts = RepoOptions {
+        io: crate::io::IoOptions {
+            buffer_size: 1000,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let Err(e) = Repo::open(&site.root(), opts) else {
+        panic!("a buffer of 1000 bytes was accepted");
+    };
+    let text = e.to_string();
+    let chunks = site.root().join("chunks");
+    assert!(
+        text.contains(&chunks.display().to_string()),
+        "the error names {}: {text}",
+        chunks.display()
+    );
+}

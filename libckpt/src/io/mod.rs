@@ -191,8 +191,9 @@ pub enum IoError {
 impl IoError {
     /// The same failure as a [`PathError`](crate::durable::PathError), for
     /// callers that report those (the offset, where there is one, is
-    /// dropped; the errno is kept).
-    pub fn into_path_error(self) -> crate::durable::PathError {
+    /// dropped; the errno is kept). A failure to set up the engine names no file of its own: it is
+    /// reported against `setting_up`, the place the engine was for.
+    pub fn into_path_error(self, setting_up: &Path) -> crate::durable::PathError {
         use crate::durable::PathError;
         match self {
             IoError::Open { path, source } => PathError::new("creating", &path, source),
@@ -205,7 +206,7 @@ impl IoError {
             IoError::Sync { path, source } => PathError::new("syncing", &path, source),
             e @ (IoError::UringUnavailable { .. } | IoError::BadOptions { .. }) => PathError::new(
                 "setting up I/O for",
-                Path::new(""),
+                setting_up,
                 io::Error::other(e.to_string()),
             ),
         }
