@@ -191,8 +191,9 @@ pub enum IoError {
 impl IoError {
     /// The same failure as a [`PathError`](crate::durable::PathError), for
     /// callers that report those (the offset, where there is one, is
-    /// dropped; the errno is kept). A failure to set up the engine names no file of its own: it is
-    /// reported against `setting_up`, the place the engine was for.
+    /// dropped; the errno is kept). A failure to set up the engine names
+    /// no file of its own: it is reported against `setting_up`, the place
+    /// the engine was for.
     pub fn into_path_error(self, setting_up: &Path) -> crate::durable::PathError {
         use crate::durable::PathError;
         match self {

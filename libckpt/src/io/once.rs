@@ -5,14 +5,13 @@
 //! Such a copy fills the page cache twice over: once with the source as
 //! it is read, once with the destination as it is written. The source is
 //! never read again, yet it evicts what the node had cached, and every
-//! page it takes must first be found free. On the development VM, where
-//! each page the guest has not touched lately costs a fault on the host,
-//! a 2 GiB restore from a PFS directory took 3.4–3.6 s reading through
-//! the page cache and 1.8–2.0 s dropping the pages behind it (the freed
-//! pages are the next ones the destination gets), against 4.0–6.3 s for
-//! `cp -r`. With the host's pages warm: 0.81–0.90 s and 0.71–0.76 s.
-//! Reading the source with O_DIRECT instead loses readahead: 1.2–1.5 s in
-//! the warm case.
+//! page it takes must first be found free. Dropped behind the reader, its
+//! pages are the next ones the destination gets. A 2 GiB restore from a
+//! PFS directory on the development VM, where taking fresh pages is slow:
+//! 3.20–3.75 s reading through the page cache, 1.39–1.83 s dropping
+//! behind (`cp -r`: 4.47–5.80 s); at a time the VM was faster, 0.92–0.99 s
+//! and 0.71–0.74 s. Reading the source with O_DIRECT instead loses
+//! readahead: 1.2–1.5 s at the faster time.
 //!
 //! A file that was mostly cached when it was opened is left alone: some
 //! other reader wanted it there.
