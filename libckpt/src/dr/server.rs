@@ -447,6 +447,8 @@ impl Connection {
             if let Err(e) = &ended.result {
                 match ended.writer {
                     Some(mut w) => self.report(&mut w, e),
+                    // The replies could not be written: the peer is gone,
+                    // so the reason is only logged.
                     None => self.report(&mut std::io::sink(), e),
                 }
             }
