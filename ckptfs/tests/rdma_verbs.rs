@@ -112,6 +112,95 @@ fn a_queue_pair_error_mid_stream_is_reported_naming_device_and_peer() {
     eprintln!("server: {end}");
 }
 
+/// A thread blocked in `read` does not hold up a writer on the same
+/// stream, as the DR server's reader and reply threads need. The peer
+/// answers only once it has all 16 MiB (twice the credits, so the writer
+/// also has to wait for the peer), so a reader that kept the stream to
+/// itself while it slept would starve the writer until its own timeout.
+#[cfg(feature = "rdma")]
+#[test]
+fn a_blocked_reader_does_not_hold_up_a_writer() {
+    use libckpt::dr::rdma::{connect, RdmaListener};
+    use libckpt::dr::transport::{RdmaOptions, Stream};
+    use std::sync::Arc;
+    const TOTAL: usize = 16 << 20;
+    let Some(ip) = setup("a_blocked_reader_does_not_hold_up_a_writer") else {
+        return;
+    };
+    let addr: std::net::SocketAddr = format!("{ip}:7478").parse().expect("address");
+    let opts = RdmaOptions::default();
+    let listener = RdmaListener::bind(addr, opts).expect("listen over RDMA");
+    let server = std::thread::spawn(move || -> Result<usize, String> {
+        let s = loop {
+            if let Some(s) = listener
+                .accept(Duration::from_secs(30))
+                .map_err(|e| e.to_string())?
+            {
+                break s;
+            }
+        };
+        s.set_timeout(Duration::from_secs(20))
+            .map_err(|e| e.to_string())?;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut got = 0;
+        while got < TOTAL {
+            match s.read(&mut buf).map_err(|e| format!("server read: {e}"))? {
+                0 => return Err(format!("end of stream after {got} bytes")),
+                n => got += n,
+            }
+        }
+        s.write(b"all here").map_err(|e| e.to_string())?;
+        s.flush().map_err(|e| e.to_string())?;
+        // Until the client is done with the stream.
+        while s.read(&mut buf).map_err(|e| e.to_string())? > 0 {}
+        Ok(got)
+    });
+    let s: Arc<dyn Stream> = Arc::new(
+        connect(&addr.to_string(), addr, &opts, Duration::from_secs(30)).expect("connect"),
+    );
+    s.set_timeout(Duration::from_secs(20)).expect("timeout");
+    let reader = {
+        let s = s.clone();
+        std::thread::spawn(move || -> std::io::Result<Vec<u8>> {
+            let mut answer = vec![0u8; 8];
+            let mut off = 0;
+            while off < answer.len() {
+                match s.read(&mut answer[off..])? {
+                    0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                    n => off += n,
+                }
+            }
+            Ok(answer)
+        })
+    };
+    // Let the reader get into its wait first: the case under test.
+    std::thread::sleep(Duration::from_millis(300));
+    let block = vec![5u8; 1 << 20];
+    for _ in 0..TOTAL / block.len() {
+        let mut off = 0;
+        while off < block.len() {
+            off += s
+                .write(&block[off..])
+                .expect("write while another thread reads");
+        }
+    }
+    s.flush().expect("flush");
+    let answer = reader
+        .join()
+        .expect("reader thread")
+        .expect("the reader got the peer's answer");
+    assert_eq!(answer, b"all here");
+    drop(s);
+    assert_eq!(server.join().expect("server thread"), Ok(TOTAL));
+}
+
+/// Without the feature there is no verbs stream to share: say so.
+#[cfg(not(feature = "rdma"))]
+#[test]
+fn a_blocked_reader_does_not_hold_up_a_writer() {
+    assert!(setup("a_blocked_reader_does_not_hold_up_a_writer").is_none());
+}
+
 /// Without the feature there is no verbs stream to fault: say so.
 #[cfg(not(feature = "rdma"))]
 #[test]

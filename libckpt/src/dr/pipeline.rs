@@ -11,11 +11,10 @@
 //! never sees a chunk that was sent but is not stored yet (which would
 //! make the client send it again).
 //!
-//! It needs a stream that one thread can read while another writes; a
-//! stream that cannot ([`Stream::concurrent`]) is served one request at
-//! a time by the server itself.
+//! It needs a stream that one thread can read while another writes, as
+//! every [`Stream`] allows.
 //!
-//! [`Stream::concurrent`]: super::transport::Stream::concurrent
+//! [`Stream`]: super::transport::Stream
 
 use std::io::{BufReader, BufWriter, Write};
 use std::sync::mpsc::{self, Receiver, SyncSender};

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use super::auth::{self, Key};
 use super::error::DrError;
-use super::frame::{self, read_message, write_message, FrameError};
+use super::frame::{self, FrameError};
 use super::handler::{Repo, RepoOptions};
 use super::pipeline;
 use super::proto::ErrorKind;
@@ -442,35 +442,16 @@ impl Connection {
         }
         tracing::info!(%peer, "DR client authenticated");
         setup(self.io_timeout)?;
-        if stream.concurrent() {
-            let ended = pipeline::serve(&self.repo, peer, &mut r, w);
-            if let Err(e) = &ended.result {
-                match ended.writer {
-                    Some(mut w) => self.report(&mut w, e),
-                    // The replies could not be written: the peer is gone,
-                    // so the reason is only logged.
-                    None => self.report(&mut std::io::sink(), e),
-                }
+        let ended = pipeline::serve(&self.repo, peer, &mut r, w);
+        if let Err(e) = &ended.result {
+            match ended.writer {
+                Some(mut w) => self.report(&mut w, e),
+                // The replies could not be written: the peer is gone,
+                // so the reason is only logged.
+                None => self.report(&mut std::io::sink(), e),
             }
-            return ended.result;
         }
-        loop {
-            let msg = match read_message(&mut r, peer, usize::MAX) {
-                Ok(m) => m,
-                Err(FrameError::Closed { .. }) => return Ok(()),
-                Err(e) => {
-                    let e = DrError::Frame(e);
-                    self.report(&mut w, &e);
-                    return Err(e);
-                }
-            };
-            let reply = self.repo.answer(peer, &msg);
-            write_message(&mut w, peer, reply.kind, &reply.payload)?;
-            w.flush().map_err(|source| FrameError::Io {
-                peer: peer.into(),
-                source,
-            })?;
-        }
+        ended.result
     }
 
     /// Log why the connection ends, and tell the peer when it is its fault.

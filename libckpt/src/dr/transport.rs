@@ -92,7 +92,9 @@ impl Default for RdmaOptions {
 }
 
 /// A connected byte stream. Methods take `&self` so one
-/// thread can cut a stream another is blocked on ([`Stream::shutdown`]).
+/// thread can cut a stream another is blocked on ([`Stream::shutdown`]),
+/// and one thread may block in [`Stream::read`] while another writes: the
+/// DR server reads requests on one and answers them on another.
 pub trait Stream: Send + Sync {
     fn read(&self, buf: &mut [u8]) -> io::Result<usize>;
     fn write(&self, buf: &[u8]) -> io::Result<usize>;
@@ -102,11 +104,6 @@ pub trait Stream: Send + Sync {
     /// Cut the stream: blocked and later calls fail or see end of stream.
     fn shutdown(&self);
     fn in_use(&self) -> InUse;
-    /// Whether one thread may block in [`Stream::read`] while another
-    /// writes. Where not, one thread must do both, in turn.
-    fn concurrent(&self) -> bool {
-        false
-    }
 }
 
 /// `Read` and `Write` over a shared [`Stream`], for the buffered readers
@@ -167,9 +164,6 @@ impl Stream for Tcp {
             kind: "tcp".into(),
             detail: self.why.clone(),
         }
-    }
-    fn concurrent(&self) -> bool {
-        true
     }
 }
 

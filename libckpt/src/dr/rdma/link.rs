@@ -7,7 +7,7 @@ use std::io;
 use std::os::raw::c_void;
 use std::ptr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use rdma_sys::*;
@@ -331,11 +331,18 @@ struct Inner {
     eof: bool,
     failed: Option<(io::ErrorKind, String)>,
     threshold: u32,
+    /// A thread sleeps in `poll(2)` on the channels, without the lock
+    /// ([`RdmaStream::block`]).
+    polling: bool,
 }
+
+type Guard<'a> = MutexGuard<'a, Inner>;
 
 /// A connected RDMA stream (see the module docs of `rdma`).
 pub struct RdmaStream {
     inner: Mutex<Inner>,
+    /// Signalled by the polling thread once it has taken what woke it.
+    woken: Condvar,
     id: *mut rdma_cm_id,
     cut: AtomicBool,
     timeout_ms: AtomicU64,
@@ -344,8 +351,9 @@ pub struct RdmaStream {
 }
 
 // SAFETY: the raw pointers are to verbs objects that librdmacm and
-// libibverbs allow to be used from any thread. All use of them but
-// `rdma_disconnect` (documented thread-safe) goes through the mutex.
+// libibverbs allow to be used from any thread. All use of them goes
+// through the mutex but `rdma_disconnect` (documented thread-safe) and
+// the polling thread's `poll(2)` on the two channels' descriptors.
 unsafe impl Send for RdmaStream {}
 // SAFETY: as above.
 unsafe impl Sync for RdmaStream {}
@@ -384,7 +392,9 @@ impl RdmaStream {
                 eof: false,
                 failed: None,
                 threshold: (recv_bufs / 2).max(1),
+                polling: false,
             }),
+            woken: Condvar::new(),
             id,
             cut: AtomicBool::new(false),
             timeout_ms: AtomicU64::new(300_000),
@@ -421,7 +431,7 @@ impl RdmaStream {
         errno(rc)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+    fn lock(&self) -> Guard<'_> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -637,22 +647,35 @@ impl RdmaStream {
     }
 
     /// Sleep until a completion or cm event arrives, or the deadline.
-    fn block(&self, g: &mut Inner, deadline: Instant) -> io::Result<()> {
+    ///
+    /// One thread at a time sleeps in `poll(2)`, without the lock, so a
+    /// reader waiting for data never holds up a writer. The others wait
+    /// for it on `woken`: every completion and cm event comes through the
+    /// two channels it sleeps on, and it wakes them once it has taken
+    /// what arrived. Two threads in `poll` at once would not do: the one
+    /// that reads the channel's event leaves the other asleep, possibly
+    /// on a completion it was waiting for.
+    fn block<'a>(&'a self, mut g: Guard<'a>, deadline: Instant) -> io::Result<Guard<'a>> {
+        if g.polling {
+            let wait = self.wait_until(deadline)?;
+            let (g, _) = self
+                .woken
+                .wait_timeout(g, wait)
+                .unwrap_or_else(|p| p.into_inner());
+            return Ok(g);
+        }
         // SAFETY: the CQ is live; arming it makes the next completion
         // signal the channel.
         if unsafe { ibv_req_notify_cq(g.res.cq, 0) } != 0 {
             return Err(self.err(io::ErrorKind::Other, "arming the completion queue failed"));
         }
         // A completion that landed before the arm would not signal.
-        if self.progress(g)? {
-            return Ok(());
+        if self.progress(&mut g)? {
+            return Ok(g);
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(self.err(io::ErrorKind::TimedOut, "timed out waiting for the peer"));
-        }
-        let wait = (deadline - now).as_millis().min(1000) as i32;
-        // SAFETY: both objects are live for the duration of the poll.
+        let wait = self.wait_until(deadline)?;
+        // SAFETY: both objects are live for as long as the stream, which
+        // outlives this call; the descriptors are only polled.
         let mut fds = unsafe {
             [
                 libc::pollfd {
@@ -667,10 +690,37 @@ impl RdmaStream {
                 },
             ]
         };
+        g.polling = true;
+        drop(g);
         // SAFETY: `fds` is a valid array of two pollfd.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, wait.as_millis() as i32) };
+        let polled = (n < 0).then(io::Error::last_os_error);
+        let mut g = self.lock();
+        g.polling = false;
+        let progressed = self.after_poll(&mut g, &fds, polled);
+        self.woken.notify_all();
+        progressed.map(|()| g)
+    }
+
+    /// How long one wait may sleep: up to the deadline, at most a second
+    /// (so a cut stream is noticed), or the timeout error once it passed.
+    fn wait_until(&self, deadline: Instant) -> io::Result<Duration> {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(self.err(io::ErrorKind::TimedOut, "timed out waiting for the peer"));
+        }
+        Ok((deadline - now).min(Duration::from_secs(1)))
+    }
+
+    /// Take what woke the poller: the channel's event, then every
+    /// completion and cm event ready.
+    fn after_poll(
+        &self,
+        g: &mut Inner,
+        fds: &[libc::pollfd; 2],
+        polled: Option<io::Error>,
+    ) -> io::Result<()> {
+        if let Some(e) = polled {
             if e.kind() != io::ErrorKind::Interrupted {
                 return Err(self.err(e.kind(), format!("poll: {e}")));
             }
@@ -690,19 +740,19 @@ impl RdmaStream {
     }
 
     /// Post the send buffer being filled, waiting for a credit.
-    fn post_cur(&self, g: &mut Inner, deadline: Instant) -> io::Result<()> {
-        let Some((idx, len)) = g.cur else {
-            return Ok(());
-        };
-        while !(g.established && g.credits >= 1 && g.in_flight < g.sq_depth) {
-            self.check(g)?;
+    fn post_cur<'a>(&'a self, mut g: Guard<'a>, deadline: Instant) -> io::Result<Guard<'a>> {
+        while g.cur.is_some() && !(g.established && g.credits >= 1 && g.in_flight < g.sq_depth) {
+            self.check(&g)?;
             if g.eof {
                 return Err(self.err(io::ErrorKind::BrokenPipe, "the peer closed the connection"));
             }
             // `block` pays what the spill freed before it sleeps.
-            self.spill(g)?;
-            self.block(g, deadline)?;
+            self.spill(&mut g)?;
+            g = self.block(g, deadline)?;
         }
+        let Some((idx, len)) = g.cur else {
+            return Ok(g);
+        };
         let owed = g.owed;
         g.res
             .post_send(idx as u64, len, owed)
@@ -711,7 +761,7 @@ impl RdmaStream {
         g.credits -= 1;
         g.in_flight += 1;
         g.cur = None;
-        Ok(())
+        Ok(g)
     }
 }
 
@@ -736,7 +786,7 @@ impl Stream for RdmaStream {
                 return Ok(0);
             }
             if !self.progress(&mut g)? {
-                self.block(&mut g, deadline)?;
+                g = self.block(g, deadline)?;
             }
         }
     }
@@ -756,7 +806,7 @@ impl Stream for RdmaStream {
                 self.check(&g)?;
                 if !self.progress(&mut g)? {
                     self.spill(&mut g)?;
-                    self.block(&mut g, deadline)?;
+                    g = self.block(g, deadline)?;
                 }
             }
             let idx = g.free_send.pop().unwrap_or_default();
@@ -774,16 +824,16 @@ impl Stream for RdmaStream {
         pool.buf_mut(idx)[fill..fill + n].copy_from_slice(&buf[..n]);
         g.cur = Some((idx, fill + n));
         if fill + n == g.msg_max {
-            self.post_cur(&mut g, deadline)?;
+            drop(self.post_cur(g, deadline)?);
         }
         Ok(n)
     }
 
     fn flush(&self) -> io::Result<()> {
         let deadline = self.deadline();
-        let mut g = self.lock();
+        let g = self.lock();
         self.check(&g)?;
-        self.post_cur(&mut g, deadline)
+        self.post_cur(g, deadline).map(drop)
     }
 
     fn set_timeout(&self, t: Duration) -> io::Result<()> {
@@ -814,16 +864,17 @@ impl Drop for RdmaStream {
         // verbs objects are freed by `Resources::drop` after this.
         let this = &*self;
         let deadline = Instant::now() + Duration::from_secs(2);
-        let mut g = this.lock();
-        if g.failed.is_none() && !g.eof && !this.is_cut() && this.post_cur(&mut g, deadline).is_ok()
-        {
-            while g.in_flight > 0 && g.failed.is_none() && !g.eof {
-                if this.block(&mut g, deadline).is_err() {
-                    break;
-                }
+        let g = this.lock();
+        let sending = g.failed.is_none() && !g.eof && !this.is_cut();
+        let mut waiting = sending
+            .then_some(g)
+            .and_then(|g| this.post_cur(g, deadline).ok());
+        while let Some(g) = waiting.take() {
+            if g.in_flight == 0 || g.failed.is_some() || g.eof {
+                break;
             }
+            waiting = this.block(g, deadline).ok();
         }
-        drop(g);
         // SAFETY: the id is live until `Resources` drops after this.
         unsafe { rdma_disconnect(self.id) };
     }

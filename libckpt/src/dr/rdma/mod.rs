@@ -17,7 +17,10 @@
 //!
 //! Waiting never spins: the completion queue is armed and the thread
 //! sleeps in `poll(2)` on the completion channel and the connection's
-//! rdma_cm event channel (which reports a peer's disconnect).
+//! rdma_cm event channel (which reports a peer's disconnect). It sleeps
+//! without the stream's lock, so one thread can wait for data while
+//! another writes; a second thread that has to wait meanwhile waits for
+//! the first to wake it rather than polling the same channels.
 //!
 //! [`private`] is compiled without the feature, for its fuzz target.
 
