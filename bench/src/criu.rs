@@ -28,7 +28,7 @@ use anyhow::{bail, ensure, Context};
 use bytesize::ByteSize;
 use serde_json::Value;
 
-use crate::host::{quiesce, settle};
+use crate::host::{quiesce, settle, stop_with_us};
 use crate::stats::{median, median_ratio};
 
 const JOB: &str = "cbench";
@@ -218,7 +218,7 @@ fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round
     fs::create_dir_all(&work)?;
     let log = rd.join("count.log");
     let mib = (args.mem >> 20).to_string();
-    let mut child = Command::new(&bins.counter)
+    let mut child = stop_with_us(&mut Command::new(&bins.counter))
         .arg(&log)
         .args(["--mem", &mib, "--interval-ms", "1", "--stamp"])
         .stdin(Stdio::null())

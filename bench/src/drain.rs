@@ -44,7 +44,7 @@ use bytesize::ByteSize;
 use clap::ValueEnum;
 use serde_json::Value;
 
-use crate::host::{log_field, log_tail, quiesce, run_ok, settle};
+use crate::host::{log_field, log_tail, quiesce, run_ok, settle, stop_with_us};
 use crate::machine::{self, Machine};
 use crate::stats::mb_per_s;
 
@@ -561,7 +561,7 @@ struct Proc {
 impl Proc {
     fn spawn(name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Proc> {
         let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
-        let child = cmd
+        let child = stop_with_us(cmd)
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -865,7 +865,7 @@ impl<'a> Mount<'a> {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        let child = cmd
+        let child = stop_with_us(&mut cmd)
             .spawn()
             .with_context(|| format!("starting {cmd:?} (set --ckptfs)"))?;
         let mut m = Mount {

@@ -13,7 +13,6 @@ use std::fmt::Write as _;
 use std::fs::{self, File};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
@@ -24,7 +23,7 @@ use bytesize::ByteSize;
 use clap::ValueEnum;
 use serde_json::Value;
 
-use crate::host::{log_tail, run_ok, settle};
+use crate::host::{log_tail, run_ok, settle, stop_with_us};
 use crate::machine::{self, Machine};
 use crate::stats::{mb_per_s, median, median_ratio};
 
@@ -268,17 +267,7 @@ impl Mount {
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        // Should this process be killed outright (no Drop), the daemon gets
-        // SIGTERM, on which it unmounts by itself.
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        stop_with_us(&mut cmd);
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {} (set --ckptfs)", bin.display()))?;

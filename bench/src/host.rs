@@ -7,6 +7,8 @@
 //! the speed it has once the discards are through.
 
 use std::fs;
+use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::thread;
@@ -58,6 +60,24 @@ pub fn run_ok(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
         );
     }
     Ok(out.stdout)
+}
+
+/// Have the process `cmd` starts get SIGTERM should this harness die
+/// without cleaning up (killed, or interrupted with Ctrl-C): a daemon or
+/// a mount of ckptfs then stops (and unmounts) by itself, and an rsync
+/// daemon or a receiver does not keep its port for the next run. The
+/// signal comes when the spawning *thread* exits, so spawn from the
+/// thread that also stops the child.
+pub fn stop_with_us(cmd: &mut Command) -> &mut Command {
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 /// The `ckptfs` binary beside this harness's own (same build profile).

@@ -37,7 +37,9 @@ use bytesize::ByteSize;
 use libckpt::dr::transport::{InUse, RdmaOptions, Stream, Tcp};
 
 use crate::drain::Data;
-use crate::host::{ckptfs_bin, log_tail, remove_dir, require_root, run_ok, write_dr_key, Scratch};
+use crate::host::{
+    ckptfs_bin, log_tail, remove_dir, require_root, run_ok, stop_with_us, write_dr_key, Scratch,
+};
 use crate::report::{cells, opt, verdict};
 use crate::stats::Figures;
 
@@ -220,7 +222,7 @@ fn perftest(
         common.extend(["-x".to_string(), gid.to_string()]);
     }
     let cpu0 = children_cpu();
-    let mut server = Command::new(tool)
+    let mut server = stop_with_us(&mut Command::new(tool))
         .args(&common)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -406,7 +408,7 @@ fn drain(
     ];
     let cpu0 = children_cpu();
     let log = dir.join("serve.log");
-    let mut serve = Command::new(ckptfs)
+    let mut serve = stop_with_us(&mut Command::new(ckptfs))
         .args(["serve", "--listen", &addr])
         .args(rdma_flags)
         .arg("--root")

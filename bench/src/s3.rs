@@ -50,7 +50,7 @@ use object_store::{
 };
 
 use crate::drain::{seed, Data, CHUNK};
-use crate::host::{log_tail, quiesce, run_ok, settle};
+use crate::host::{log_tail, quiesce, run_ok, settle, stop_with_us};
 use crate::machine::{self, Machine};
 use crate::stats::mb_per_s;
 
@@ -462,7 +462,9 @@ impl Weed {
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out);
-        let child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+        let child = stop_with_us(&mut cmd)
+            .spawn()
+            .with_context(|| format!("starting {cmd:?}"))?;
         Ok(Weed {
             bin: bin.to_owned(),
             pid: child.id(),
