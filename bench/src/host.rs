@@ -118,7 +118,6 @@ pub fn remove_dir(p: &Path) -> anyhow::Result<()> {
     }
 }
 
-/// Bytes of the regular files under `p`.
 /// A DR shared key at `path`: 32 random bytes as hex, mode 0600,
 /// replacing any earlier one.
 pub fn write_dr_key(path: &Path) -> anyhow::Result<()> {
@@ -139,6 +138,7 @@ pub fn write_dr_key(path: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
+/// Bytes of the regular files under `p`.
 pub fn tree_bytes(p: &Path) -> u64 {
     let Ok(rd) = fs::read_dir(p) else {
         return 0;

@@ -9,6 +9,7 @@ mod criu;
 mod drain;
 mod e2e;
 mod fuse;
+mod fuse_transport;
 mod host;
 mod machine;
 #[cfg(feature = "rdma")]
@@ -38,6 +39,7 @@ enum Command {
     Drain(drain::Args),
     E2e(e2e::Args),
     Fuse(fuse::Args),
+    FuseTransport(fuse_transport::Args),
     S3(s3::Args),
     /// The DR transport over RDMA verbs (needs `--features rdma` and a
     /// verbs device: run it in the soft-RoCE guest).
@@ -61,6 +63,7 @@ fn main() -> anyhow::Result<()> {
         Command::Drain(args) => drain::run(&args),
         Command::E2e(args) => e2e::run(&args),
         Command::Fuse(args) => fuse::run(&args),
+        Command::FuseTransport(args) => fuse_transport::run(&args),
         Command::S3(args) => s3::run(&args),
         #[cfg(feature = "rdma")]
         Command::Rdma(args) => rdma::run(&args),
