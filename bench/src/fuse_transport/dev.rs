@@ -20,7 +20,8 @@ pub const MAX_WRITE: u32 = 128 << 10;
 
 /// Serve /dev/fuse until the connection ends. `initialized` is set once
 /// INIT is answered (asking for io_uring when `uring`).
-/// `served` counts the requests other than INIT.
+/// `served` counts the requests answered, INIT aside (FORGETs and
+/// interrupts, which get no answer, come this way on either transport).
 pub fn serve(
     fs: &MemFs,
     mut dev: &File,
@@ -47,9 +48,11 @@ pub fn serve(
         let reply = if h.opcode == memfs::INIT {
             init_reply(req, uring, &mut out)
         } else {
-            served.fetch_add(1, Ordering::Relaxed);
             fs.handle(&h, req.get(IN_HEADER..).unwrap_or(&[]), &mut out)
         };
+        if h.opcode != memfs::INIT && !matches!(reply, Reply::None) {
+            served.fetch_add(1, Ordering::Relaxed);
+        }
         if !matches!(reply, Reply::None) {
             // A reply the kernel refuses (its request was interrupted)
             // changes nothing here.
