@@ -172,14 +172,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         Ok(())
     })();
-    let _ = remove_dir(&dir.join("back"));
-    let _ = remove_dir(&dir.join("direct"));
+    // Every mount is gone by now, whichever way the rounds ended.
+    let cleaned = remove_dir(&dir);
     result?;
     publish(
         &report(args, &dir, &fig, &requests),
         args.markdown.as_deref(),
     )?;
-    remove_dir(&dir)
+    cleaned
 }
 
 /// Write `--files` files into `dir` (created); files per second.
@@ -188,7 +188,7 @@ fn write_files(dir: &Path, data: &[u8], args: &Args) -> anyhow::Result<f64> {
     let (dir, data, files, pin) = (dir.to_owned(), data.to_owned(), args.files, args.pin_writer);
     thread::spawn(move || -> anyhow::Result<f64> {
         if let Some(cpu) = pin {
-            pin_to(cpu)?;
+            ring::pin_to_cpu(cpu).with_context(|| format!("pinning the writer to CPU {cpu}"))?;
         }
         let start = Instant::now();
         for i in 0..files {
@@ -353,25 +353,6 @@ fn detach_if_mounted(mnt: &Path) -> anyhow::Result<()> {
         f.nth(1) == Some(&*want) && f.next() == Some(FSTYPE)
     }) {
         detach(mnt)?;
-    }
-    Ok(())
-}
-
-fn pin_to(cpu: usize) -> anyhow::Result<()> {
-    anyhow::ensure!(
-        cpu < libc::CPU_SETSIZE as usize,
-        "--pin-writer {cpu}: no such CPU"
-    );
-    // SAFETY: a zeroed cpu_set_t is empty; `cpu` is below CPU_SETSIZE, so
-    // CPU_SET stays inside it; sched_setaffinity only reads it.
-    let rc = unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("pinning the writer to CPU {cpu}"));
     }
     Ok(())
 }

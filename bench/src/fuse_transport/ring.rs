@@ -41,7 +41,7 @@ struct Entry {
 /// ends, counting requests in `served`. Returns why it stopped when that
 /// was not the unmount.
 pub fn serve(fs: &MemFs, dev: &File, qid: u16, served: &AtomicU64) -> io::Result<()> {
-    pin_to_cpu(qid)?;
+    pin_to_cpu(qid.into())?;
     // Before the ring, so the ring (and the kernel's hold on the
     // buffers) goes first when this returns.
     let mut entries: Vec<Entry> = (0..ENTRIES)
@@ -178,12 +178,19 @@ fn push(
     ring.submit().map(drop)
 }
 
-fn pin_to_cpu(cpu: u16) -> io::Result<()> {
-    // SAFETY: a zeroed cpu_set_t is empty; CPU_SET stays inside it for
-    // any CPU below CPU_SETSIZE, and sched_setaffinity only reads it.
+/// Run the calling thread on `cpu` only.
+pub fn pin_to_cpu(cpu: usize) -> io::Result<()> {
+    if cpu >= libc::CPU_SETSIZE as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("no CPU {cpu}"),
+        ));
+    }
+    // SAFETY: a zeroed cpu_set_t is empty; `cpu` is below CPU_SETSIZE, so
+    // CPU_SET stays inside it; sched_setaffinity only reads it.
     let rc = unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
-        libc::CPU_SET(cpu as usize, &mut set);
+        libc::CPU_SET(cpu, &mut set);
         libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
     };
     if rc != 0 {
