@@ -399,6 +399,21 @@ fn report(args: &Args, dir: &Path, fig: &Figures, requests: &Figures) -> String 
             rate
         ),
     );
+    // What one request costs beyond the plain file: the mount's time per
+    // file less the plain directory's, over the requests per file.
+    let files = f64::from(args.files);
+    let per_request = |v: Variant| -> Option<f64> {
+        let k = v.key();
+        let n = requests.median(&format!("{k}.dev"))? + requests.median(&format!("{k}.ring"))?;
+        let extra = 1.0 / fig.median(k)? - 1.0 / fig.median("direct")?;
+        (n > 0.0).then(|| extra / (n / files) * 1e6)
+    };
+    let us = |x: f64| format!("{x:.1} µs");
+    s += &format!(
+        "- per request, beyond the plain file (medians): {} over /dev/fuse, {} over io_uring\n",
+        opt(per_request(Variant::Dev), us),
+        opt(per_request(Variant::Uring), us),
+    );
     s
 }
 
