@@ -73,7 +73,8 @@ pub struct Args {
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     runs: u32,
 
-    /// Directory to work in; removed at the end.
+    /// Directory to work in; created if missing. The run works in DIR/run,
+    /// removed at the end (and DIR too, if that leaves it empty).
     #[arg(long, default_value = "/var/tmp/ckpt-rdmabench")]
     dir: PathBuf,
 
@@ -101,7 +102,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         None => device_ip(&device)?,
     };
     let ckptfs = ckptfs_bin(args.ckptfs.as_deref())?;
-    let scratch = Scratch::new(args.dir.clone())?;
+    // A directory of our own under --dir, which may be one of the user's.
+    let scratch = Scratch::new(args.dir.join("run"))?;
     let data = Data::generate(&scratch.join("data"), args.size, FILES, "rdma")?;
     let rdma = RdmaOptions {
         buf_size: msg,
@@ -135,7 +137,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             remove_dir(&dir)?;
         }
     }
+    // The machine's description reads --dir's filesystem: before removal.
     let report = markdown(args, &device, &ip, &fig);
+    drop(scratch);
+    let _ = std::fs::remove_dir(&args.dir);
     crate::report::publish(&report, args.markdown.as_deref())
 }
 

@@ -172,8 +172,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         }
         Ok(())
     })();
-    // Every mount is gone by now, whichever way the rounds ended.
-    let cleaned = remove_dir(&dir);
+    // Every mount is gone by now, whichever way the rounds ended. Only
+    // what the run made goes: --dir itself may be a directory of the
+    // user's, so it is removed only if that leaves it empty.
+    let cleaned = ["back", "direct", "mnt"]
+        .iter()
+        .try_for_each(|d| remove_dir(&dir.join(d)));
+    let _ = fs::remove_dir(&dir);
     result?;
     publish(
         &report(args, &dir, &fig, &requests),
