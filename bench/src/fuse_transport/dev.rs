@@ -38,7 +38,11 @@ pub fn serve(
             // ENOENT: the request was interrupted before we read it.
             Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::ENOENT)) => continue,
             // ENODEV: unmounted.
-            Err(_) => return,
+            Err(e) if e.raw_os_error() == Some(libc::ENODEV) => return,
+            Err(e) => {
+                eprintln!("ckpt-bench fuse-transport: reading /dev/fuse: {e}");
+                return;
+            }
         };
         let req = &buf[..n];
         let Some(h) = InHeader::parse(req) else {
