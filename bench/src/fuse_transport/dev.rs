@@ -13,19 +13,28 @@ use super::memfs::{self, InHeader, MemFs, Reply, IN_HEADER, OUT_HEADER};
 /// `FUSE_BIG_WRITES | FUSE_HANDLE_KILLPRIV_V2 | FUSE_INIT_EXT`: the
 /// first word of flags ckptfs negotiates, as far as this loop cares.
 const INIT_FLAGS: u32 = (1 << 5) | (1 << 28) | (1 << 30);
-/// `FUSE_OVER_IO_URING`, bit 41, in `flags2`.
+/// `FUSE_OVER_IO_URING`, bit 41, and `FUSE_PASSTHROUGH`, bit 37, in
+/// `flags2`.
 const OVER_IO_URING: u32 = 1 << (41 - 32);
+const PASSTHROUGH: u32 = 1 << (37 - 32);
+
+/// What INIT asks the kernel for.
+#[derive(Debug, Clone, Copy)]
+pub struct Wants {
+    pub uring: bool,
+    pub passthrough: bool,
+}
 /// The kernel's default `max_pages` (32) × 4 KiB.
 pub const MAX_WRITE: u32 = 128 << 10;
 
 /// Serve /dev/fuse until the connection ends. `initialized` is set once
-/// INIT is answered (asking for io_uring when `uring`).
+/// INIT is answered (asking for what `wants` says).
 /// `served` counts the requests answered, INIT aside (FORGETs and
 /// interrupts, which get no answer, come this way on either transport).
 pub fn serve(
     fs: &MemFs,
     mut dev: &File,
-    uring: bool,
+    wants: Wants,
     initialized: &Arc<AtomicBool>,
     served: &AtomicU64,
 ) {
@@ -50,7 +59,7 @@ pub fn serve(
         };
         out.clear();
         let reply = if h.opcode == memfs::INIT {
-            init_reply(req, uring, &mut out)
+            init_reply(req, wants, &mut out)
         } else {
             fs.handle(&h, req.get(IN_HEADER..).unwrap_or(&[]), &mut out)
         };
@@ -83,7 +92,7 @@ fn send(mut dev: &File, unique: u64, reply: &Reply, args: &[u8]) -> io::Result<(
 }
 
 /// `struct fuse_init_out` (64 bytes) for the kernel's `fuse_init_in`.
-fn init_reply(req: &[u8], uring: bool, out: &mut Vec<u8>) -> Reply {
+fn init_reply(req: &[u8], wants: Wants, out: &mut Vec<u8>) -> Reply {
     let Some(minor) = memfs::u32_at(req, IN_HEADER + 4) else {
         return Reply::Err(libc::EINVAL);
     };
@@ -96,7 +105,16 @@ fn init_reply(req: &[u8], uring: bool, out: &mut Vec<u8>) -> Reply {
     out.extend_from_slice(&1u32.to_le_bytes()); // time_gran
     out.extend_from_slice(&32u16.to_le_bytes()); // max_pages
     out.extend_from_slice(&0u16.to_le_bytes()); // map_alignment
-    out.extend_from_slice(&(if uring { OVER_IO_URING } else { 0 }).to_le_bytes());
+    let mut flags2 = 0;
+    if wants.uring {
+        flags2 |= OVER_IO_URING;
+    }
+    if wants.passthrough {
+        flags2 |= PASSTHROUGH;
+    }
+    out.extend_from_slice(&flags2.to_le_bytes());
+    // max_stack_depth: backing files on a filesystem that is not itself stacked.
+    out.extend_from_slice(&u32::from(wants.passthrough).to_le_bytes());
     out.resize(64, 0);
     Reply::Ok
 }

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -99,18 +100,36 @@ struct Tree {
     last: u64,
 }
 
+/// An open file: its backing file, or with passthrough the id the
+/// kernel gave it (the kernel writes the backing file itself).
+enum Handle {
+    File(File),
+    Passthrough(u32),
+}
+
 pub struct MemFs {
     tree: Mutex<Tree>,
-    open: Mutex<HashMap<u64, File>>,
+    open: Mutex<HashMap<u64, Handle>>,
     next_fh: AtomicU64,
     backing: PathBuf,
+    /// /dev/fuse, where backing files are registered for passthrough.
+    passthrough: Option<RawFd>,
 }
+
+/// `FOPEN_PASSTHROUGH`.
+const FOPEN_PASSTHROUGH: u32 = 1 << 7;
+/// `_IOW(229, 1, struct fuse_backing_map)` and `_IOW(229, 2, uint32_t)`.
+const BACKING_OPEN: libc::c_ulong = 0x4010_e501;
+const BACKING_CLOSE: libc::c_ulong = 0x4004_e502;
 
 const ROOT: u64 = 1;
 const TTL_SECS: u64 = 1;
 
 impl MemFs {
-    pub fn new(backing: PathBuf) -> MemFs {
+    /// `passthrough`: the /dev/fuse descriptor, to open files in
+    /// passthrough mode as ckptfs does (the connection must have
+    /// negotiated `FUSE_PASSTHROUGH`).
+    pub fn new(backing: PathBuf, passthrough: Option<RawFd>) -> MemFs {
         let mut tree = Tree {
             last: ROOT,
             ..Tree::default()
@@ -129,7 +148,24 @@ impl MemFs {
             open: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             backing,
+            passthrough,
         }
+    }
+
+    /// Hand `file` to the kernel for passthrough: its backing id.
+    fn register(&self, dev: RawFd, file: &File) -> Result<u32, i32> {
+        // struct fuse_backing_map { int32 fd; uint32 flags; uint64 padding; }
+        let mut map = [0u8; 16];
+        map[..4].copy_from_slice(&file.as_raw_fd().to_le_bytes());
+        // SAFETY: the ioctl reads 16 bytes from `map`, alive for the call;
+        // `dev` is the /dev/fuse descriptor the mount holds open.
+        let id = unsafe { libc::ioctl(dev, BACKING_OPEN, map.as_ptr()) };
+        if id < 0 {
+            return Err(std::io::Error::last_os_error()
+                .raw_os_error()
+                .unwrap_or(libc::EIO));
+        }
+        Ok(id as u32)
     }
 
     /// Answer one request; `args` is everything after the in-header,
@@ -185,7 +221,7 @@ impl MemFs {
                 }
                 t.last += 1;
                 let ino = t.last;
-                let fh = if h.opcode == CREATE {
+                let opened = if h.opcode == CREATE {
                     let file = OpenOptions::new()
                         .create(true)
                         .write(true)
@@ -193,19 +229,29 @@ impl MemFs {
                         .mode(0o600)
                         .open(self.backing.join(ino.to_string()))
                         .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+                    let handle = match self.passthrough {
+                        // The kernel keeps its own reference to the file.
+                        Some(dev) => Handle::Passthrough(self.register(dev, &file)?),
+                        None => Handle::File(file),
+                    };
                     let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-                    lock(&self.open).insert(fh, file);
-                    Some(fh)
+                    let (flags, id) = match handle {
+                        Handle::Passthrough(id) => (FOPEN_PASSTHROUGH, id),
+                        Handle::File(_) => (0, 0),
+                    };
+                    lock(&self.open).insert(fh, handle);
+                    Some((fh, flags, id))
                 } else {
                     None
                 };
                 entry(out, ino, &node);
                 t.nodes.insert(ino, node);
                 t.names.insert(key, ino);
-                if let Some(fh) = fh {
+                if let Some((fh, flags, id)) = opened {
                     // fuse_open_out { fh, open_flags, backing_id }
                     out.extend_from_slice(&fh.to_le_bytes());
-                    out.extend_from_slice(&[0; 8]);
+                    out.extend_from_slice(&flags.to_le_bytes());
+                    out.extend_from_slice(&id.to_le_bytes());
                 }
                 Ok(Reply::Ok)
             }
@@ -217,7 +263,9 @@ impl MemFs {
                 let data = args.get(40..40 + size).ok_or(libc::EINVAL)?;
                 {
                     let open = lock(&self.open);
-                    let file = open.get(&fh).ok_or(libc::EBADF)?;
+                    let Some(Handle::File(file)) = open.get(&fh) else {
+                        return Err(libc::EBADF);
+                    };
                     file.write_all_at(data, offset)
                         .map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
                 }
@@ -229,7 +277,11 @@ impl MemFs {
                 Ok(Reply::Ok)
             }
             RELEASE => {
-                lock(&self.open).remove(&u64_at(args, 0).ok_or(libc::EINVAL)?);
+                let handle = lock(&self.open).remove(&u64_at(args, 0).ok_or(libc::EINVAL)?);
+                if let (Some(Handle::Passthrough(id)), Some(dev)) = (handle, self.passthrough) {
+                    // SAFETY: the ioctl reads the u32 id, alive for the call.
+                    unsafe { libc::ioctl(dev, BACKING_CLOSE, &id) };
+                }
                 Ok(Reply::Ok)
             }
             FLUSH | ACCESS | RELEASEDIR => Ok(Reply::Ok),

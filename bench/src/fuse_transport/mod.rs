@@ -11,6 +11,9 @@
 //! directory as the baseline. Each file costs the same requests either
 //! way (the parent's GETATTR, LOOKUP, CREATE, GETXATTR, WRITE, FLUSH,
 //! RELEASE), so the ratio between the two mounts is the transport's.
+//! With `--passthrough` the files are opened as ckptfs opens them: the
+//! kernel writes the backing file itself, no WRITE is sent, and the
+//! requests per file are exactly ckptfs's.
 
 mod dev;
 mod memfs;
@@ -19,6 +22,7 @@ mod ring;
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -54,13 +58,19 @@ pub struct Args {
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
     files: u32,
 
-    /// Bytes per file, at most 128 KiB (one WRITE request).
+    /// Bytes per file; without --passthrough at most 128 KiB (one WRITE
+    /// request).
     #[arg(long, default_value = "64KiB", value_parser = crate::parse_size)]
     file_size: u64,
 
     /// Threads reading /dev/fuse (ckptfs mounts with 4).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=64))]
     threads: u32,
+
+    /// Open files in passthrough mode, as ckptfs does (Linux 6.9+): the
+    /// kernel writes the backing files, and no WRITE request is sent.
+    #[arg(long)]
+    passthrough: bool,
 
     /// Pin the writing thread to this CPU. Unpinned, the scheduler moves
     /// it between CPUs, and io_uring's per-CPU queues help less.
@@ -126,8 +136,8 @@ impl Drop for UringSwitch {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     require_root("ckpt-bench fuse-transport mounts a FUSE filesystem")?;
     anyhow::ensure!(
-        args.file_size >= 1 && args.file_size <= u64::from(dev::MAX_WRITE),
-        "--file-size must be 1 B to {} KiB (one WRITE request), got {}",
+        args.file_size >= 1 && (args.passthrough || args.file_size <= u64::from(dev::MAX_WRITE)),
+        "--file-size must be 1 B to {} KiB (one WRITE request) without --passthrough, got {}",
         dev::MAX_WRITE >> 10,
         args.file_size
     );
@@ -154,7 +164,11 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 let (rate, dev_n, ring_n) = match v {
                     Variant::Direct => (write_files(&dir.join("direct"), &data, args)?, 0, 0),
                     Variant::Dev | Variant::Uring => {
-                        mounted(&mnt, &back, v == Variant::Uring, args.threads, |m| {
+                        let wants = dev::Wants {
+                            uring: v == Variant::Uring,
+                            passthrough: args.passthrough,
+                        };
+                        mounted(&mnt, &back, wants, args.threads, |m| {
                             write_files(&m.join("r"), &data, args)
                         })?
                     }
@@ -214,13 +228,13 @@ fn write_files(dir: &Path, data: &[u8], args: &Args) -> anyhow::Result<f64> {
     .map_err(|_| anyhow::anyhow!("the writing thread panicked"))?
 }
 
-/// Mount the probe's filesystem at `mnt` (over io_uring if `uring`), run
-/// `f` on it, unmount. The result, and the requests served through
+/// Mount the probe's filesystem at `mnt` as `wants` says, run `f` on
+/// it, unmount. The result, and the requests served through
 /// /dev/fuse and through io_uring.
 fn mounted(
     mnt: &Path,
     back: &Path,
-    uring: bool,
+    wants: dev::Wants,
     threads: u32,
     f: impl FnOnce(&Path) -> anyhow::Result<f64>,
 ) -> anyhow::Result<(f64, u64, u64)> {
@@ -233,7 +247,10 @@ fn mounted(
             .context("opening /dev/fuse")?,
     );
     mount(mnt, &dev)?;
-    let fs = Arc::new(memfs::MemFs::new(back.to_owned()));
+    let fs = Arc::new(memfs::MemFs::new(
+        back.to_owned(),
+        wants.passthrough.then(|| dev.as_raw_fd()),
+    ));
     let initialized = Arc::new(AtomicBool::new(false));
     let (via_dev, via_ring) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let mut servers = Vec::new();
@@ -245,7 +262,7 @@ fn mounted(
             via_dev.clone(),
         );
         servers.push(thread::spawn(move || {
-            dev::serve(&fs, &dev, uring, &init, &n);
+            dev::serve(&fs, &dev, wants, &init, &n);
             Ok(())
         }));
     }
@@ -260,7 +277,7 @@ fn mounted(
         wait_for("the kernel's FUSE INIT", || {
             initialized.load(Ordering::SeqCst)
         })?;
-        if uring {
+        if wants.uring {
             for qid in 0..cpus()? {
                 let (fs, dev, n) = (fs.clone(), dev.clone(), via_ring.clone());
                 servers.push(thread::spawn(move || ring::serve(&fs, &dev, qid, &n)));
@@ -313,7 +330,6 @@ fn cpus() -> anyhow::Result<u16> {
 }
 
 fn mount(mnt: &Path, dev: &File) -> anyhow::Result<()> {
-    use std::os::fd::AsRawFd;
     let target = CString::new(mnt.as_os_str().as_bytes())?;
     let opts = CString::new(format!(
         "fd={},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other",
@@ -368,7 +384,7 @@ fn report(args: &Args, dir: &Path, fig: &Figures, requests: &Figures) -> String 
     let mut s = format!(
         "\n## FUSE transport: /dev/fuse vs io_uring (`ckpt-bench fuse-transport`)\n\n\
          {} files of {} B per variant and round, in {}; {} round(s); {} /dev/fuse threads; \
-         writer {}.\n\n\
+         writer {}; files opened {}.\n\n\
          | variant | files/s per round | median |\n|---|---|---:|\n",
         args.files,
         args.file_size,
@@ -377,6 +393,11 @@ fn report(args: &Args, dir: &Path, fig: &Figures, requests: &Figures) -> String 
         args.threads,
         args.pin_writer
             .map_or("unpinned".to_owned(), |c| format!("pinned to CPU {c}")),
+        if args.passthrough {
+            "in passthrough mode, as ckptfs opens them (no WRITE requests)"
+        } else {
+            "without passthrough (one WRITE request each)"
+        },
     );
     for (v, name) in [
         (Variant::Direct, "plain directory"),
@@ -446,40 +467,42 @@ mod tests {
             files: 40,
             file_size: 5000,
             threads: 2,
+            passthrough: false,
             pin_writer: None,
             markdown: None,
         };
         let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
-        for uring in [false, true].into_iter().filter(|u| !u || uring_ok) {
-            let back = tmp.path().join(format!("back-{uring}"));
+        let wants = [false, true]
+            .into_iter()
+            .filter(|u| !u || uring_ok)
+            .flat_map(|uring| [false, true].map(|passthrough| dev::Wants { uring, passthrough }));
+        for w in wants {
+            let back = tmp
+                .path()
+                .join(format!("back-{}-{}", w.uring, w.passthrough));
             fs::create_dir_all(&back).expect("backing dir");
-            let (rate, via_dev, via_ring) =
-                mounted(&tmp.path().join("mnt"), &back, uring, 2, |m| {
-                    write_files(&m.join("r"), &data, &args)
-                })
-                .expect("the loop through the mount");
+            let (rate, via_dev, via_ring) = mounted(&tmp.path().join("mnt"), &back, w, 2, |m| {
+                write_files(&m.join("r"), &data, &args)
+            })
+            .expect("the loop through the mount");
             assert!(rate > 0.0);
-            // GETATTR, LOOKUP, CREATE, GETXATTR, WRITE, FLUSH, RELEASE per file.
-            let (used, other) = if uring {
+            // GETATTR, LOOKUP, CREATE, GETXATTR, FLUSH, RELEASE per file,
+            // and a WRITE unless the kernel writes the backing file itself.
+            let per_file = if w.passthrough { 6 } else { 7 };
+            let (used, other) = if w.uring {
                 (via_ring, via_dev)
             } else {
                 (via_dev, via_ring)
             };
-            assert!(
-                used >= 7 * 40,
-                "uring={uring}: {used} requests for 40 files"
-            );
-            assert_eq!(
-                other, 0,
-                "uring={uring}: requests through the other transport"
-            );
+            assert!(used >= per_file * 40, "{w:?}: {used} requests for 40 files");
+            assert_eq!(other, 0, "{w:?}: requests through the other transport");
             let mut stored = 0;
             for e in fs::read_dir(&back).expect("backing files") {
                 let bytes = fs::read(e.expect("entry").path()).expect("backing file");
                 assert_eq!(bytes, data);
                 stored += 1;
             }
-            assert_eq!(stored, 40, "uring={uring}");
+            assert_eq!(stored, 40, "{w:?}");
         }
     }
 }
