@@ -13,6 +13,10 @@
 //!    verified, then CRIU) against `criu restore --restore-detached` from
 //!    the plain images; and, for the record, of the incremental set
 //!    (its page images rebuilt first).
+//! 4. `dump and stop`: the same full dump without `--leave-running`,
+//!    `ckptfs-dump`'s default, where the tree is killed once dumped and
+//!    the images can be written back while CRIU writes them. Each side
+//!    dumps a fresh process of its own.
 //!
 //! Every timed step starts with the page cache written back and dropped.
 //! Ratios are taken within a round; the median over rounds is reported.
@@ -68,6 +72,9 @@ struct Round {
     ckptfs_restore: f64,
     criu_restore: f64,
     ckptfs_restore_incr: f64,
+    stop_ckptfs: f64,
+    stop_criu: f64,
+    stop_criu_sync: f64,
 }
 
 fn timed(cmd: &mut Command, what: &str) -> anyhow::Result<(f64, String)> {
@@ -206,6 +213,81 @@ fn pid_of(json_out: &str) -> anyhow::Result<i32> {
         .context("no pid in ckptfs-restore's output")
 }
 
+/// Start the counter with `--mem` resident, logging to `log`; returns
+/// once its memory is filled.
+fn start_counter(args: &Args, bins: &Bins, log: &Path) -> anyhow::Result<Child> {
+    let mib = (args.mem >> 20).to_string();
+    let mut child = stop_with_us(&mut Command::new(&bins.counter))
+        .arg(log)
+        .args(["--mem", &mib, "--interval-ms", "1", "--stamp"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting the counter")?;
+    if let Err(e) = wait_for("the counter to fill its memory", || {
+        !log_lines(log).is_empty()
+    }) {
+        let _ = kill(child.id() as i32, Some(&mut child));
+        return Err(e);
+    }
+    Ok(child)
+}
+
+/// Step 4: a fresh process dumped without `--leave-running` by each
+/// tool, the order alternating between rounds; CRIU kills the tree.
+fn dump_and_stop(
+    args: &Args,
+    bins: &Bins,
+    rd: &Path,
+    n: usize,
+    r: &mut Round,
+) -> anyhow::Result<()> {
+    let cache = rd.join("cache");
+    let plain = rd.join("plain-stop");
+    let work = rd.join("work");
+    for step in 0..2 {
+        let log = rd.join(format!("stop-{step}.log"));
+        let mut child = start_counter(args, bins, &log)?;
+        let pid = child.id() as i32;
+        let result = (|| -> anyhow::Result<()> {
+            quiesce(Duration::from_secs(1))?;
+            if (step == 0) == (n % 2 == 1) {
+                fs::create_dir_all(&plain)?;
+                let t = Instant::now();
+                timed(
+                    Command::new(&bins.criu)
+                        .args(["dump", "-t", &pid.to_string(), "-D"])
+                        .arg(&plain)
+                        .arg("-W")
+                        .arg(&work)
+                        .args(["-o", "dump-stop.log"]),
+                    "criu dump (no --leave-running)",
+                )?;
+                r.stop_criu = t.elapsed().as_secs_f64();
+                settle();
+                r.stop_criu_sync = t.elapsed().as_secs_f64();
+            } else {
+                let (secs, _) = timed(
+                    Command::new(&bins.dump)
+                        .arg(pid.to_string())
+                        .args(["--job", JOB, "--keep", "0", "--json", "--cache"])
+                        .arg(&cache)
+                        .arg("--criu")
+                        .arg(&bins.criu),
+                    "ckptfs-dump (no --leave-running)",
+                )?;
+                r.stop_ckptfs = secs;
+            }
+            Ok(())
+        })();
+        // The dump killed it; reap it (or stop it, had the dump failed).
+        kill(pid, Some(&mut child))?;
+        result?;
+    }
+    Ok(())
+}
+
 fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round> {
     let mut r = Round::default();
     let rd = dir.join(format!("round-{n}"));
@@ -217,20 +299,9 @@ fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round
     fs::create_dir_all(&plain)?;
     fs::create_dir_all(&work)?;
     let log = rd.join("count.log");
-    let mib = (args.mem >> 20).to_string();
-    let mut child = stop_with_us(&mut Command::new(&bins.counter))
-        .arg(&log)
-        .args(["--mem", &mib, "--interval-ms", "1", "--stamp"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("starting the counter")?;
+    let mut child = start_counter(args, bins, &log)?;
     let pid = child.id() as i32;
     let result = (|| -> anyhow::Result<()> {
-        wait_for("the counter to fill its memory", || {
-            !log_lines(&log).is_empty()
-        })?;
         let cache_s = cache.display().to_string();
         let pid_s = pid.to_string();
         let dump_args = |extra: &[&str]| {
@@ -345,7 +416,7 @@ fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round
         )?;
         r.ckptfs_restore_incr = secs;
         kill(pid_of(&out)?, None)?;
-        Ok(())
+        dump_and_stop(args, bins, &rd, n, &mut r)
     })();
     if alive(pid) {
         let _ = kill(pid, Some(&mut child));
@@ -411,7 +482,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         println!(
             "round {n}: dump ckptfs {:.2} s, criu {:.2} s (+sync {:.2} s); process frozen \
              ckptfs {:.3} s, criu {:.3} s; full {} (criu {}), \
-             incremental {}; restore ckptfs {:.2} s, criu {:.2} s, incremental {:.2} s",
+             incremental {}; restore ckptfs {:.2} s, criu {:.2} s, incremental {:.2} s; \
+             dump and stop: ckptfs {:.2} s, criu {:.2} s (+sync {:.2} s)",
             r.ckptfs_dump,
             r.criu_dump,
             r.criu_dump_sync,
@@ -422,7 +494,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             ByteSize::b(r.incr_bytes),
             r.ckptfs_restore,
             r.criu_restore,
-            r.ckptfs_restore_incr
+            r.ckptfs_restore_incr,
+            r.stop_ckptfs,
+            r.stop_criu,
+            r.stop_criu_sync
         );
         rounds.push(r);
     }
@@ -436,6 +511,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let freeze_vs = median_ratio(&col(|r| r.ckptfs_freeze), &col(|r| r.criu_freeze));
     let incr_share = median_ratio(&col(|r| r.incr_bytes as f64), &col(|r| r.full_bytes as f64));
     let restore_vs = median_ratio(&col(|r| r.ckptfs_restore), &col(|r| r.criu_restore));
+    let stop_vs_criu = median_ratio(&col(|r| r.stop_ckptfs), &col(|r| r.stop_criu));
+    let stop_vs_sync = median_ratio(&col(|r| r.stop_ckptfs), &col(|r| r.stop_criu_sync));
     println!("\nmedians over {} rounds:", rounds.len());
     println!(
         "  full dump: ckptfs-dump {:.2} s, criu dump {:.2} s, criu dump + sync {:.2} s",
@@ -465,6 +542,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         med(|r| r.criu_restore),
         show(restore_vs),
         med(|r| r.ckptfs_restore_incr)
+    );
+    println!(
+        "  dump and stop (no --leave-running, ckptfs-dump's default): ckptfs-dump {:.2} s, \
+         criu dump {:.2} s, criu dump + sync {:.2} s; ratio {} (target <= 1.1), / (criu dump + sync): {}",
+        med(|r| r.stop_ckptfs),
+        med(|r| r.stop_criu),
+        med(|r| r.stop_criu_sync),
+        show(stop_vs_criu),
+        show(stop_vs_sync)
     );
     Ok(())
 }
