@@ -234,6 +234,36 @@ fn start_counter(args: &Args, bins: &Bins, log: &Path) -> anyhow::Result<Child> 
     Ok(child)
 }
 
+/// Plain `criu dump` of `pid` into `plain` (`--leave-running` if
+/// `leave`): seconds until it returned, and until its images were also
+/// written back. `between` runs after the dump, before the `sync` (the
+/// freeze is read from the counter's log then).
+fn plain_dump(
+    bins: &Bins,
+    pid: i32,
+    plain: &Path,
+    work: &Path,
+    leave: bool,
+    between: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, f64)> {
+    let mut cmd = Command::new(&bins.criu);
+    cmd.args(["dump", "-t", &pid.to_string()]);
+    if leave {
+        cmd.arg("--leave-running");
+    }
+    cmd.arg("-D")
+        .arg(plain)
+        .arg("-W")
+        .arg(work)
+        .args(["-o", if leave { "dump.log" } else { "dump-stop.log" }]);
+    let t = Instant::now();
+    timed(&mut cmd, "criu dump")?;
+    let dumped = t.elapsed().as_secs_f64();
+    between()?;
+    settle();
+    Ok((dumped, t.elapsed().as_secs_f64()))
+}
+
 /// Step 4: a fresh process dumped without `--leave-running` by each
 /// tool, the order alternating between rounds; CRIU kills the tree.
 fn dump_and_stop(
@@ -254,19 +284,8 @@ fn dump_and_stop(
             quiesce(Duration::from_secs(1))?;
             if (step == 0) == (n % 2 == 1) {
                 fs::create_dir_all(&plain)?;
-                let t = Instant::now();
-                timed(
-                    Command::new(&bins.criu)
-                        .args(["dump", "-t", &pid.to_string(), "-D"])
-                        .arg(&plain)
-                        .arg("-W")
-                        .arg(&work)
-                        .args(["-o", "dump-stop.log"]),
-                    "criu dump (no --leave-running)",
-                )?;
-                r.stop_criu = t.elapsed().as_secs_f64();
-                settle();
-                r.stop_criu_sync = t.elapsed().as_secs_f64();
+                (r.stop_criu, r.stop_criu_sync) =
+                    plain_dump(bins, pid, &plain, &work, false, || Ok(()))?;
             } else {
                 let (secs, _) = timed(
                     Command::new(&bins.dump)
@@ -328,20 +347,11 @@ fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round
             quiesce(Duration::from_secs(1))?;
             let from = log_lines(&log).len();
             if (step == 0) == plain_first {
-                let t = Instant::now();
-                timed(
-                    Command::new(&bins.criu)
-                        .args(["dump", "-t", &pid_s, "--leave-running", "-D"])
-                        .arg(&plain)
-                        .arg("-W")
-                        .arg(&work)
-                        .args(["-o", "dump.log"]),
-                    "criu dump",
-                )?;
-                r.criu_dump = t.elapsed().as_secs_f64();
-                r.criu_freeze = freeze(&log, from)?;
-                settle();
-                r.criu_dump_sync = t.elapsed().as_secs_f64();
+                (r.criu_dump, r.criu_dump_sync) =
+                    plain_dump(bins, pid, &plain, &work, true, || {
+                        r.criu_freeze = freeze(&log, from)?;
+                        Ok(())
+                    })?;
             } else {
                 let (secs, out) = timed(&mut dump_args(&[]), "ckptfs-dump")?;
                 r.ckptfs_dump = secs;
