@@ -125,16 +125,11 @@ fn log_lines(log: &Path) -> Vec<String> {
         .collect()
 }
 
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let t = Instant::now();
-    while !cond() {
-        ensure!(
-            t.elapsed() < Duration::from_secs(300),
-            "timed out waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
+/// The counter's log is polled: at most this long for any step.
+const STEP_WAIT: Duration = Duration::from_secs(300);
+
+fn wait_for(what: &str, cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    crate::host::wait_for(what, STEP_WAIT, cond)
 }
 
 /// The longest gap, in seconds, between two stamped lines of the

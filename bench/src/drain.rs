@@ -46,6 +46,7 @@ use serde_json::Value;
 
 use crate::host::{log_field, log_tail, quiesce, run_ok, settle, stop_with_us};
 use crate::machine::{self, Machine};
+use crate::mounts::{detach, mounted_fstype};
 use crate::stats::mb_per_s;
 
 const MIB: u64 = 1 << 20;
@@ -1098,37 +1099,6 @@ impl Rsyncd {
             })
             .unwrap_or_else(|| "unknown".into())
     }
-}
-
-/// Lazy unmount (`umount -l`): for a mount whose daemon is gone.
-fn detach(mp: &Path) -> anyhow::Result<()> {
-    let c = std::ffi::CString::new(mp.as_os_str().as_bytes())?;
-    // SAFETY: `c` is a valid NUL-terminated path.
-    if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
-        let e = io::Error::last_os_error();
-        bail!("detaching the mount at {}: {e}", mp.display());
-    }
-    Ok(())
-}
-
-/// The type of the topmost filesystem mounted exactly at `mp`, from
-/// `/proc/self/mountinfo` (mount points here have no characters that
-/// mountinfo escapes).
-fn mounted_fstype(mp: &Path) -> Option<String> {
-    let text = fs::read("/proc/self/mountinfo").ok()?;
-    let want = mp.as_os_str().as_bytes();
-    let mut found = None;
-    for line in text.split(|&b| b == b'\n') {
-        // ID PARENT MAJ:MIN ROOT MOUNTPOINT OPTIONS [OPTIONAL…] - FSTYPE …
-        let fields: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-        let Some(sep) = fields.iter().position(|f| *f == b"-") else {
-            continue;
-        };
-        if sep >= 5 && fields.len() > sep + 1 && fields[4] == want {
-            found = Some(String::from_utf8_lossy(fields[sep + 1]).into_owned());
-        }
-    }
-    found
 }
 
 /// A command timed around its process; seconds.

@@ -62,6 +62,20 @@ pub fn run_ok(cmd: &mut Command) -> anyhow::Result<Vec<u8>> {
     Ok(out.stdout)
 }
 
+/// Poll `cond` every 20 ms until it holds; an error naming `what` after
+/// `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let start = std::time::Instant::now();
+    while !cond() {
+        anyhow::ensure!(
+            start.elapsed() < limit,
+            "no sign of {what} within {limit:?}"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// Have the process `cmd` starts get SIGTERM should this harness die
 /// without cleaning up (killed, or interrupted with Ctrl-C): a daemon or
 /// a mount of ckptfs then stops (and unmounts) by itself, and an rsync

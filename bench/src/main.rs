@@ -12,6 +12,7 @@ mod fuse;
 mod fuse_transport;
 mod host;
 mod machine;
+mod mounts;
 #[cfg(feature = "rdma")]
 mod rdma;
 mod report;

@@ -24,6 +24,7 @@ pub struct Wants {
     pub uring: bool,
     pub passthrough: bool,
 }
+
 /// The kernel's default `max_pages` (32) × 4 KiB.
 pub const MAX_WRITE: u32 = 128 << 10;
 

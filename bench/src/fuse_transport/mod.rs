@@ -31,14 +31,17 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
-use crate::host::{remove_dir, require_root, settle};
+use crate::host::{remove_dir, require_root, settle, wait_for};
+use crate::mounts::{detach, mounted_fstype};
 use crate::report::{cells, opt, publish};
 use crate::stats::Figures;
 
 const URING_PARAM: &str = "/sys/module/fuse/parameters/enable_uring";
 const FSTYPE: &str = "fuse.ckpt-probe";
+/// How long the kernel may take to INIT a mount and switch it to the ring.
+const MOUNT_WAIT: Duration = Duration::from_secs(10);
 
 /// The FUSE transport alone: /dev/fuse vs FUSE over io_uring, on the
 /// small-file loop, with a minimal filesystem of the harness's own
@@ -145,7 +148,10 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     fs::create_dir_all(&args.dir).with_context(|| format!("creating {}", args.dir.display()))?;
     let dir = args.dir.canonicalize()?;
     let mnt = dir.join("mnt");
-    detach_if_mounted(&mnt)?;
+    // A probe mount left by a killed run.
+    if mounted_fstype(&mnt).as_deref() == Some(FSTYPE) {
+        detach(&mnt)?;
+    }
     let runs = args.runs as usize;
     let mut fig = Figures::new(runs);
     let mut requests = Figures::new(runs);
@@ -274,7 +280,7 @@ fn mounted(
     };
     let mut before = (0, 0);
     let result = (|| -> anyhow::Result<f64> {
-        wait_for("the kernel's FUSE INIT", || {
+        wait_for("the kernel's FUSE INIT", MOUNT_WAIT, || {
             initialized.load(Ordering::SeqCst)
         })?;
         if wants.uring {
@@ -286,7 +292,7 @@ fn mounted(
             // entry registered. Until a lookup of a missing name (never
             // cached) comes through it, requests still use /dev/fuse.
             let mut probe = 0u32;
-            wait_for("the first request through io_uring", || {
+            wait_for("the first request through io_uring", MOUNT_WAIT, || {
                 probe += 1;
                 let _ = fs::symlink_metadata(mnt.join(format!(".ready-{probe}")));
                 via_ring.load(Ordering::SeqCst) > 0
@@ -296,6 +302,7 @@ fn mounted(
         f(mnt)
     })();
     let after = counts();
+    // The kernel then ends the connection, which stops the server threads.
     let unmounted = detach(mnt);
     for s in servers {
         match s.join() {
@@ -306,17 +313,6 @@ fn mounted(
     }
     unmounted?;
     Ok((result?, after.0 - before.0, after.1 - before.1))
-}
-
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) -> anyhow::Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !done() {
-        if Instant::now() > deadline {
-            bail!("no sign of {what} within 10 s of the mount");
-        }
-        thread::sleep(Duration::from_millis(2));
-    }
-    Ok(())
 }
 
 /// Queues the kernel expects: one per possible CPU.
@@ -349,31 +345,6 @@ fn mount(mnt: &Path, dev: &File) -> anyhow::Result<()> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error())
             .with_context(|| format!("mounting the probe at {}", mnt.display()));
-    }
-    Ok(())
-}
-
-/// Unmount lazily: the kernel then ends the connection, which stops the
-/// server threads.
-fn detach(mnt: &Path) -> anyhow::Result<()> {
-    let target = CString::new(mnt.as_os_str().as_bytes())?;
-    // SAFETY: a NUL-terminated path alive for the call.
-    if unsafe { libc::umount2(target.as_ptr(), libc::MNT_DETACH) } != 0 {
-        return Err(std::io::Error::last_os_error())
-            .with_context(|| format!("unmounting {}", mnt.display()));
-    }
-    Ok(())
-}
-
-/// A probe mount left by a killed run.
-fn detach_if_mounted(mnt: &Path) -> anyhow::Result<()> {
-    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    let want = mnt.to_string_lossy();
-    if mounts.lines().any(|l| {
-        let mut f = l.split_whitespace();
-        f.nth(1) == Some(&*want) && f.next() == Some(FSTYPE)
-    }) {
-        detach(mnt)?;
     }
     Ok(())
 }
