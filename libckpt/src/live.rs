@@ -7,7 +7,7 @@
 //! seal done), and when an idle set is committed on the application's behalf.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::{self, Metadata};
+use std::fs::{self, File, Metadata};
 use std::io;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -150,11 +150,16 @@ const SEAL_INLINE: u64 = 1 << 20;
 fn seal_in_background(
     engine: &IoEngine,
     path: &Path,
+    file: Option<File>,
     chunk_size: u64,
     closed: io::Result<Metadata>,
 ) -> Result<(FileDigest, Option<SystemTime>, bool), StoreError> {
-    let mtime = closed.at("reading", path)?.modified().ok();
-    let digest = engine.digest_file(path, chunk_size)?;
+    let closed = closed.at("reading", path)?;
+    let mtime = closed.modified().ok();
+    let digest = match file {
+        Some(f) => engine.digest_open_file(f, path, closed.len(), chunk_size)?,
+        None => engine.digest_file(path, chunk_size)?,
+    };
     let synced = digest.size >= SYNC_AT_SEAL;
     if synced {
         sync_file(path)?;
@@ -339,7 +344,11 @@ impl LiveSets {
     /// the kernel sends after `close()` has returned: a file below
     /// [`SEAL_INLINE`] is sealed on the calling thread, bigger ones on the
     /// seal pool so the request threads stay free.
-    pub fn closed_for_write(&self, id: u64) {
+    ///
+    /// `file`, when given, is the last writer's descriptor, open for reading
+    /// without updating atime: the seal reads through it rather than
+    /// opening the file again by name.
+    pub fn closed_for_write(&self, id: u64, file: Option<File>) {
         let mut sets = self.lock();
         let Some((key, s)) = sets.iter_mut().find(|(_, s)| s.open.contains_key(&id)) else {
             return;
@@ -364,11 +373,14 @@ impl LiveSets {
         drop(sets);
         let this = self.clone();
         // One stat picks the thread and gives the seal its mtime.
-        let closed = fs::metadata(&path);
+        let closed = match &file {
+            Some(f) => f.metadata(),
+            None => fs::metadata(&path),
+        };
         let small = closed.as_ref().is_ok_and(|m| m.len() < SEAL_INLINE);
         let job = move || {
             let chunk = this.shared.store.options().chunk_size;
-            let result = seal_in_background(&this.shared.seal_engine, &path, chunk, closed);
+            let result = seal_in_background(&this.shared.seal_engine, &path, file, chunk, closed);
             let mut sets = this.lock();
             if let Some(s) = sets.get_mut(&key) {
                 s.pending_seals -= 1;
@@ -674,12 +686,12 @@ mod tests {
         live.opened_for_write(&j, &s, 1, &f).unwrap();
         live.opened_for_write(&j, &s, 1, &f).unwrap();
         assert_eq!(live.state(&j, &s).unwrap(), LiveState::Writing);
-        live.closed_for_write(1);
+        live.closed_for_write(1, None);
         let e = live.commit(&j, &s).unwrap_err();
         assert!(matches!(e, LiveError::FilesOpen { .. }), "{e}");
         assert!(e.to_string().contains("f.bin"));
         assert_eq!(e.errno(), libc::EBUSY);
-        live.closed_for_write(1);
+        live.closed_for_write(1, None);
         let m = live.commit(&j, &s).unwrap();
         assert_eq!(m.total_bytes, 3 << 20);
         assert_eq!(live.state(&j, &s).unwrap(), LiveState::Complete);
@@ -694,6 +706,27 @@ mod tests {
     }
 
     #[test]
+    fn seal_reads_through_the_writers_descriptor() {
+        let (_d, live) = live(&[]);
+        let (j, s, f) = names();
+        live.create_set(&j, &s).unwrap();
+        let path = f.under(&live.store().set_dir(&j, &s));
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        live.opened_for_write(&j, &s, 1, &f).unwrap();
+        let fd = File::open(&path).unwrap();
+        // Gone by name while it is sealed: only the descriptor reaches it.
+        let aside = path.with_extension("aside");
+        std::fs::rename(&path, &aside).unwrap();
+        live.closed_for_write(1, Some(fd));
+        std::fs::rename(&aside, &path).unwrap();
+        assert_eq!(live.file_state(&j, &s, &f).unwrap(), LiveState::Sealed);
+        let m = live.commit(&j, &s).unwrap();
+        assert_eq!(m.files[0].size, data.len() as u64);
+        assert!(live.store().verify(&j, &s).unwrap().ok());
+    }
+
+    #[test]
     fn sealed_state_and_file_state() {
         let (_d, live) = live(&[]);
         let (j, s, f) = names();
@@ -701,7 +734,7 @@ mod tests {
         std::fs::write(f.under(&live.store().set_dir(&j, &s)), b"abc").unwrap();
         live.opened_for_write(&j, &s, 1, &f).unwrap();
         assert_eq!(live.file_state(&j, &s, &f).unwrap(), LiveState::Writing);
-        live.closed_for_write(1);
+        live.closed_for_write(1, None);
         // Wait for the background seal.
         for _ in 0..500 {
             if live.state(&j, &s).unwrap() == LiveState::Sealed {
@@ -729,7 +762,7 @@ mod tests {
         live.opened_for_write(&j, &s, 1, &f).unwrap();
         std::thread::sleep(Duration::from_millis(60));
         assert!(live.commit_idle().is_empty(), "open file must block");
-        live.closed_for_write(1);
+        live.closed_for_write(1, None);
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(live.commit_idle(), vec![(j.clone(), s.clone())]);
         assert!(live.is_live(&other, &s), "job without a rule stays live");

@@ -13,6 +13,9 @@ pub struct FileHandleEntry {
     pub file: File,
     pub ino: u64,
     pub write: bool,
+    /// `file` is also open for reading, with O_NOATIME: the seal after the
+    /// last close may read through it.
+    pub seal_through: bool,
     pub backing: Mutex<Option<Arc<BackingId>>>,
 }
 

@@ -18,7 +18,7 @@ pub mod remote;
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -109,6 +109,28 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 fn errno_of(e: &io::Error) -> Errno {
     Errno::from_i32(e.raw_os_error().unwrap_or(libc::EIO))
+}
+
+/// Give a file the daemon has just created to the caller, with exactly
+/// `perm`, and return its metadata. Every `create` waits for this, so each
+/// step runs only when needed: for a caller of the daemon's own uid and
+/// gid it is one `fstat` instead of `fchown`, `chmod` and `fstat`.
+fn hand_over(file: &fs::File, uid: u32, gid: u32, perm: u32) -> io::Result<fs::Metadata> {
+    let md = file.metadata()?;
+    let chown = md.uid() != uid || md.gid() != gid;
+    if chown {
+        std::os::unix::fs::fchown(file, Some(uid), Some(gid))?;
+    }
+    // The daemon's own umask may have narrowed the bits asked for.
+    let chmod = md.mode() & 0o7777 != perm;
+    if chmod {
+        file.set_permissions(fs::Permissions::from_mode(perm))?;
+    }
+    if chown || chmod {
+        file.metadata()
+    } else {
+        Ok(md)
+    }
 }
 
 fn live_errno(e: &LiveError) -> Errno {
@@ -254,21 +276,45 @@ impl CkptFs {
             // here unaligned.
             keep |= flags & libc::O_DIRECT;
         }
-        let mut o = OpenOptions::new();
-        o.read(acc != libc::O_WRONLY)
-            .write(write)
-            .custom_flags(keep | libc::O_NOFOLLOW | libc::O_CLOEXEC);
-        if flags & libc::O_TRUNC != 0 && write {
-            o.truncate(true);
-        }
-        if let Some(mode) = create_mode {
-            o.create_new(true).mode(mode);
-        }
-        let file = o.open(self.backing(rel))?;
+        // A write handle is opened for reading too, without updating atime,
+        // so that its last close can seal the file through it instead of
+        // opening it again by name. Not with O_DIRECT, whose alignment the
+        // seal's reads do not keep. The application's own reads through
+        // such a handle leave atime alone as well: a checkpoint being
+        // written is not being accessed.
+        let open = |seal_through: bool| {
+            let extra = if seal_through { libc::O_NOATIME } else { 0 };
+            let mut o = OpenOptions::new();
+            o.read(acc != libc::O_WRONLY || seal_through)
+                .write(write)
+                .custom_flags(keep | extra | libc::O_NOFOLLOW | libc::O_CLOEXEC);
+            if flags & libc::O_TRUNC != 0 && write {
+                o.truncate(true);
+            }
+            if let Some(mode) = create_mode {
+                o.create_new(true).mode(mode);
+            }
+            o.open(self.backing(rel))
+        };
+        let seal_through = write && keep & libc::O_DIRECT == 0;
+        let (file, seal_through) = match open(seal_through) {
+            // A daemon that is neither root nor the file's owner may not
+            // read it, or not without atime: open it as asked. (A file this
+            // open creates is the daemon's, so the retry never re-creates.)
+            Err(e)
+                if seal_through
+                    && create_mode.is_none()
+                    && matches!(e.raw_os_error(), Some(libc::EPERM | libc::EACCES)) =>
+            {
+                (open(false)?, false)
+            }
+            r => (r?, seal_through),
+        };
         let entry = Arc::new(FileHandleEntry {
             file,
             ino,
             write,
+            seal_through,
             backing: Mutex::new(None),
         });
         let fh = lock(&self.handles).insert_file(entry.clone());
@@ -829,16 +875,11 @@ impl Filesystem for CkptFs {
                 lock(&self.inodes).forget(ino, 1);
                 e
             };
-            std::os::unix::fs::fchown(&entry.file, Some(req.uid()), Some(req.gid()))
-                .map_err(|e| undo(errno_of(&e)))?;
-            // The permission bits asked for may be wider than 0600 minus
-            // the umask; fix them in case the process umask differed.
-            fs::set_permissions(&path, fs::Permissions::from_mode(perm))
+            let md = hand_over(&entry.file, req.uid(), req.gid(), perm)
                 .map_err(|e| undo(errno_of(&e)))?;
             if entry.write {
                 self.opened_for_write(&place, ino).map_err(undo)?;
             }
-            let md = entry.file.metadata().map_err(|e| undo(errno_of(&e)))?;
             Ok((fh, entry, attr::from_metadata(ino, &md, false)))
         })();
         match result {
@@ -963,9 +1004,15 @@ impl Filesystem for CkptFs {
         if !entry.write {
             return;
         }
+        // With no request in flight on the handle, its descriptor goes to
+        // the seal.
+        let file = Arc::try_unwrap(entry)
+            .ok()
+            .filter(|e| e.seal_through)
+            .map(|e| e.file);
         // By inode: the file may have been renamed or unlinked while open
         // (the live set knows the name it has now, if any).
-        self.shared.live.closed_for_write(ino.0);
+        self.shared.live.closed_for_write(ino.0, file);
     }
 
     fn fsync(

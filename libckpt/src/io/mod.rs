@@ -383,8 +383,41 @@ impl IoEngine {
         sink: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>,
         from: ReadFrom,
     ) -> Result<FileDigest, IoError> {
-        let mut hasher = new_hasher(chunk_size)?;
-        let (mut target, size) = Target::open_read(path, self.opts.direct, from)?;
+        let hasher = new_hasher(chunk_size)?;
+        let (target, size) = Target::open_read(path, self.opts.direct, from)?;
+        self.read_target(target, size, hasher, sink)
+    }
+
+    /// [`IoEngine::digest_file`] of a file its caller already holds open
+    /// for reading, without O_DIRECT: `size` bytes of it, `path` naming it
+    /// in errors. The seal of a file closed behind /ckpt reads it through
+    /// the writer's own descriptor, saving a lookup by name, an `open`
+    /// and a `close` per file.
+    pub fn digest_open_file(
+        &self,
+        file: File,
+        path: &Path,
+        size: u64,
+        chunk_size: u64,
+    ) -> Result<FileDigest, IoError> {
+        let hasher = new_hasher(chunk_size)?;
+        let target = Target {
+            file,
+            path: path.to_owned(),
+            direct: false,
+            direct_bytes: 0,
+            buffered_bytes: 0,
+        };
+        self.read_target(target, size, hasher, &mut |_, _| Ok(()))
+    }
+
+    fn read_target(
+        &self,
+        mut target: Target,
+        size: u64,
+        mut hasher: ChunkHasher,
+        sink: &mut dyn FnMut(u64, &[u8]) -> io::Result<()>,
+    ) -> Result<FileDigest, IoError> {
         // A file that fits in one buffer is one read(2). Through a ring it
         // costs a submission too and, where the filesystem cannot read
         // without blocking (tmpfs), a hop to an io_uring worker thread: for
