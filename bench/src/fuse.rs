@@ -22,7 +22,7 @@ use bytesize::ByteSize;
 use clap::ValueEnum;
 use serde_json::Value;
 
-use crate::host::{log_tail, run_ok, settle, stop_with_us};
+use crate::host::{log_tail, proc_cpu, run_ok, settle, stop_with_us};
 use crate::machine::{self, Machine};
 use crate::mounts::{detach, mounted_fstype};
 use crate::stats::{mb_per_s, median, median_ratio};
@@ -600,6 +600,10 @@ struct Sample {
     commit_secs: Option<f64>,
     /// Daemon VmHWM over the timed part and the commit (mounts only).
     peak: Option<u64>,
+    /// Daemon CPU seconds, user + system, over the timed part and the
+    /// commit (mounts only): less noisy than the rate on a shared machine,
+    /// and what the node's application does not get.
+    daemon_cpu: Option<f64>,
 }
 
 /// The directory a variant works in for one benchmark and round.
@@ -643,6 +647,10 @@ impl<'a> Spot<'a> {
         }
     }
 
+    fn cpu(&self) -> Option<f64> {
+        self.mount.and_then(|m| proc_cpu(m.pid))
+    }
+
     fn peak(&self) -> anyhow::Result<Option<u64>> {
         self.mount.map(|m| m.rss().map(|r| r.peak)).transpose()
     }
@@ -678,6 +686,7 @@ fn run_one(
         settle();
     }
     spot.reset_peak();
+    let cpu_before = spot.cpu();
     let secs = match bench {
         Bench::Write => seq_write(&file, args.size)?,
         Bench::NToOne => n_to_one(&file, args.size)?,
@@ -689,6 +698,7 @@ fn run_one(
     } else {
         spot.commit()?
     };
+    let daemon_cpu = cpu_before.zip(spot.cpu()).map(|(a, b)| b - a);
     let peak = spot.peak()?;
     spot.remove()?;
     let rate = match bench {
@@ -700,6 +710,7 @@ fn run_one(
         secs,
         commit_secs,
         peak,
+        daemon_cpu,
     })
 }
 
@@ -816,6 +827,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 if let Some(p) = s.peak {
                     let _ = write!(line, ", daemon peak RSS {}", ByteSize(p));
                 }
+                if let Some(c) = s.daemon_cpu {
+                    let _ = write!(line, ", daemon CPU {c:.2} s");
+                }
                 eprintln!("{line}");
                 row[i] = Some(s);
             }
@@ -920,10 +934,11 @@ fn markdown(
         let _ = writeln!(s, "#### {}\n", bench_title(args, bench));
         let _ = writeln!(
             s,
-            "| variant | {u} per round | median {u} | ÷ direct | target | commit after, median s |",
+            "| variant | {u} per round | median {u} | ÷ direct | target | commit after, median s | \
+             daemon CPU, median |",
             u = bench.unit()
         );
-        let _ = writeln!(s, "|---|---|---:|---:|---|---:|");
+        let _ = writeln!(s, "|---|---|---:|---:|---|---:|---:|");
         let rate = |i: usize| -> Vec<Option<f64>> {
             samples[b][i].iter().map(|x| x.map(|x| x.rate)).collect()
         };
@@ -956,9 +971,21 @@ fn markdown(
                 .filter_map(|x| x.commit_secs)
                 .collect();
             let commit = median(&commits).map_or(String::new(), |c| format!("{c:.2}"));
+            let cpus: Vec<f64> = samples[b][i]
+                .iter()
+                .flatten()
+                .filter_map(|x| x.daemon_cpu)
+                .collect();
+            let cpu = median(&cpus).map_or(String::new(), |c| match bench {
+                Bench::Files => format!(
+                    "{c:.2} s ({:.0} µs a file)",
+                    c * 1e6 / f64::from(args.files)
+                ),
+                _ => format!("{c:.2} s"),
+            });
             let _ = writeln!(
                 s,
-                "| {} | {} | {med} | {ratio} | {target} | {commit} |",
+                "| {} | {} | {med} | {ratio} | {target} | {commit} | {cpu} |",
                 v.label(),
                 per_round.join(", ")
             );

@@ -33,6 +33,24 @@ pub fn quiesce(pause: Duration) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Clock ticks per second, the unit of /proc's CPU times.
+pub fn clock_ticks() -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0)
+}
+
+/// User + system CPU seconds of process `pid` (all its threads), from
+/// /proc.
+pub fn proc_cpu(pid: u32) -> Option<f64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name in parentheses: state is field 3, utime 14,
+    // stime 15.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let (u, s): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
+    Some((u + s) / clock_ticks())
+}
+
 /// The last 20 lines of a log, for an error message.
 pub fn log_tail(path: &Path) -> String {
     let text = fs::read_to_string(path).unwrap_or_default();
@@ -188,5 +206,24 @@ impl Drop for Scratch {
             eprintln!("ckpt-bench: {e:#}");
         }
         settle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn proc_cpu_reads_our_own_stat() {
+        // Burn a little CPU so that the figure cannot be a parse of zeros.
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(50) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+        }
+        std::hint::black_box(x);
+        let cpu = proc_cpu(std::process::id()).expect("our own /proc/PID/stat");
+        assert!(cpu > 0.0, "{cpu}");
+        assert!(proc_cpu(u32::MAX).is_none());
     }
 }

@@ -50,7 +50,7 @@ use object_store::{
 };
 
 use crate::drain::{seed, Data, CHUNK};
-use crate::host::{log_tail, quiesce, run_ok, settle, stop_with_us};
+use crate::host::{clock_ticks, log_tail, proc_cpu, quiesce, run_ok, settle, stop_with_us};
 use crate::machine::{self, Machine};
 use crate::stats::mb_per_s;
 
@@ -190,22 +190,6 @@ fn rusage_cpu(who: libc::c_int) -> f64 {
         return 0.0;
     }
     timeval_secs(ru.ru_utime) + timeval_secs(ru.ru_stime)
-}
-
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf has no preconditions.
-    (unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64).max(1.0)
-}
-
-/// User + system CPU seconds of process `pid`, from /proc.
-fn proc_cpu(pid: u32) -> Option<f64> {
-    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // After the command name in parentheses: state is field 3, utime 14,
-    // stime 15.
-    let rest = &text[text.rfind(')')? + 1..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let (u, s): (f64, f64) = (f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?);
-    Some((u + s) / clock_ticks())
 }
 
 /// (busy, total) jiffies of all cores, from /proc/stat.
@@ -1733,10 +1717,5 @@ mod tests {
         let m = parse_drained(log);
         assert_eq!(m.get("s2"), Some(&(2147483648, 123456, 1843)));
         assert_eq!(m.len(), 1);
-    }
-
-    #[test]
-    fn proc_cpu_reads_our_own_stat() {
-        assert!(proc_cpu(std::process::id()).is_some());
     }
 }
