@@ -16,7 +16,9 @@
 //! 4. `dump and stop`: the same full dump without `--leave-running`,
 //!    `ckptfs-dump`'s default, where the tree is killed once dumped and
 //!    the images can be written back while CRIU writes them. Each side
-//!    dumps a fresh process of its own.
+//!    dumps a fresh process of its own. Then the disk's floor: as many
+//!    bytes written with O_DIRECT and synced, which no dump that returns
+//!    with its images durable can beat.
 //!
 //! Every timed step starts with the page cache written back and dropped.
 //! Ratios are taken within a round; the median over rounds is reported.
@@ -75,6 +77,9 @@ struct Round {
     stop_ckptfs: f64,
     stop_criu: f64,
     stop_criu_sync: f64,
+    /// The same number of bytes written with O_DIRECT and fdatasync'ed:
+    /// the least any dump that returns with its images durable can take.
+    disk_floor: f64,
 }
 
 fn timed(cmd: &mut Command, what: &str) -> anyhow::Result<(f64, String)> {
@@ -299,7 +304,48 @@ fn dump_and_stop(
         kill(pid, Some(&mut child))?;
         result?;
     }
+    quiesce(Duration::from_secs(1))?;
+    let floor = rd.join("floor.bin");
+    r.disk_floor = durable_write(&floor, args.mem)?;
+    fs::remove_file(&floor)?;
     Ok(())
+}
+
+/// Write `bytes` of incompressible data to `path` with O_DIRECT, then
+/// `fdatasync`: seconds from open to synced. What the disk needs to make
+/// a dump of that size durable, whatever writes it.
+fn durable_write(path: &Path, bytes: u64) -> anyhow::Result<f64> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    const BLOCK: usize = 4 << 20;
+    const ALIGN: usize = 4096;
+    let mut raw = vec![0u8; BLOCK + ALIGN];
+    let skip = raw.as_ptr().align_offset(ALIGN);
+    let buf = &mut raw[skip..skip + BLOCK];
+    // Not zeros: a virtual disk may store zero blocks for free.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for word in buf.chunks_exact_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        word.copy_from_slice(&x.to_le_bytes());
+    }
+    let t = Instant::now();
+    let f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+        .with_context(|| format!("opening {} with O_DIRECT", path.display()))?;
+    let mut at = 0u64;
+    while at < bytes {
+        f.write_all_at(buf, at)
+            .with_context(|| format!("writing {}", path.display()))?;
+        at += BLOCK as u64;
+    }
+    f.sync_data()
+        .with_context(|| format!("syncing {}", path.display()))?;
+    Ok(t.elapsed().as_secs_f64())
 }
 
 fn round(args: &Args, bins: &Bins, dir: &Path, n: usize) -> anyhow::Result<Round> {
@@ -488,7 +534,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             "round {n}: dump ckptfs {:.2} s, criu {:.2} s (+sync {:.2} s); process frozen \
              ckptfs {:.3} s, criu {:.3} s; full {} (criu {}), \
              incremental {}; restore ckptfs {:.2} s, criu {:.2} s, incremental {:.2} s; \
-             dump and stop: ckptfs {:.2} s, criu {:.2} s (+sync {:.2} s)",
+             dump and stop: ckptfs {:.2} s, criu {:.2} s (+sync {:.2} s); \
+             durable write of as many bytes {:.2} s",
             r.ckptfs_dump,
             r.criu_dump,
             r.criu_dump_sync,
@@ -502,7 +549,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
             r.ckptfs_restore_incr,
             r.stop_ckptfs,
             r.stop_criu,
-            r.stop_criu_sync
+            r.stop_criu_sync,
+            r.disk_floor
         );
         rounds.push(r);
     }
@@ -518,6 +566,8 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let restore_vs = median_ratio(&col(|r| r.ckptfs_restore), &col(|r| r.criu_restore));
     let stop_vs_criu = median_ratio(&col(|r| r.stop_ckptfs), &col(|r| r.stop_criu));
     let stop_vs_sync = median_ratio(&col(|r| r.stop_ckptfs), &col(|r| r.stop_criu_sync));
+    let stop_vs_floor = median_ratio(&col(|r| r.stop_ckptfs), &col(|r| r.disk_floor));
+    let floor_vs_criu = median_ratio(&col(|r| r.disk_floor), &col(|r| r.stop_criu));
     println!("\nmedians over {} rounds:", rounds.len());
     println!(
         "  full dump: ckptfs-dump {:.2} s, criu dump {:.2} s, criu dump + sync {:.2} s",
@@ -556,6 +606,14 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
         med(|r| r.stop_criu_sync),
         show(stop_vs_criu),
         show(stop_vs_sync)
+    );
+    println!(
+        "  durable write of {} (O_DIRECT, fdatasync): {:.2} s; ckptfs-dump (dump and stop) / it: {}; \
+         it / criu dump: {} (a durable dump cannot beat this ratio)",
+        ByteSize::b(args.mem),
+        med(|r| r.disk_floor),
+        show(stop_vs_floor),
+        show(floor_vs_criu)
     );
     Ok(())
 }
