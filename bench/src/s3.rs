@@ -125,6 +125,15 @@ pub struct Args {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
     parallel: u32,
 
+    /// ckptfs's --s3-zstd-level: a level, or `auto`.
+    #[arg(
+        long,
+        default_value = "3",
+        value_name = "N|auto",
+        allow_hyphen_values = true
+    )]
+    zstd_level: libckpt::dr::level::ZstdLevel,
+
     /// Also append the markdown report to this file.
     #[arg(long)]
     markdown: Option<PathBuf>,
@@ -790,6 +799,7 @@ struct Ckptfs {
     endpoint: String,
     creds: Creds,
     parallel: u32,
+    zstd_level: libckpt::dr::level::ZstdLevel,
 }
 
 /// What one `ckptfs drain --wait` did.
@@ -816,7 +826,9 @@ impl Ckptfs {
             .arg("--s3-endpoint")
             .arg(&self.endpoint)
             .arg("--s3-parallel")
-            .arg(self.parallel.to_string());
+            .arg(self.parallel.to_string())
+            .arg("--s3-zstd-level")
+            .arg(self.zstd_level.to_string());
         cmd
     }
 
@@ -1385,6 +1397,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
                 endpoint: server.endpoint(),
                 creds: creds.clone(),
                 parallel: args.parallel,
+                zstd_level: args.zstd_level,
             };
             ckptfs_version = ck.version();
             let mut ctx = Ctx {
@@ -1491,8 +1504,8 @@ fn markdown(args: &Args, info: &Info<'_>, data: &Data, fig: &Figures) -> String 
     );
     let _ = writeln!(
         s,
-        "- {} requests in flight for all three (ckptfs `--s3-parallel`, rclone `--transfers`, the raw PUT)",
-        args.parallel
+        "- {} requests in flight for all three (ckptfs `--s3-parallel`, rclone `--transfers`, the raw PUT); ckptfs `--s3-zstd-level {}`",
+        args.parallel, args.zstd_level
     );
     let _ = writeln!(
         s,

@@ -662,6 +662,48 @@ fn bad_buckets_keys_and_endpoints_fail_clearly_and_lose_nothing() {
 }
 
 #[test]
+fn auto_compression_climbs_while_the_upload_is_the_slower_end_and_restores() {
+    let dir = scratch("auto");
+    let weed = server(dir.path());
+    let env = weed.env();
+    let mut flags = s3_flags(&weed.endpoint(), "auto");
+    // Capped at 8 MiB/s, each upload waits far longer than its chunk
+    // takes to compress: the level must go up from 3.
+    flags.extend(["--s3-zstd-level", "auto", "--s3-rate", "8MiB"].map(String::from));
+    let files = make_files(&dir.path().join("data"), 1, 128 << 20, 7);
+    let cache = dir.path().join("cache");
+    put(&cache, &env, "sim", "step-1", &files);
+    let mut c = ckptfs(&cache, &env, &flags);
+    c.env("RUST_LOG", "info,libckpt::s3=debug");
+    c.args(["drain", "--wait", "--timeout", "300s"]);
+    let out = run(c);
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let level: i32 = log
+        .lines()
+        .find(|l| l.contains("set pushed to S3"))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|w| w.strip_prefix("zstd_level="))
+        })
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no zstd_level in the push's log line: {log}"));
+    assert!(level > 3, "the level stayed at {level}: {log}");
+    // Chunks compressed at different levels all come back.
+    let restored = dir.path().join("restored");
+    let c = restore(
+        &dir.path().join("fresh"),
+        &env,
+        &flags,
+        None,
+        "s3",
+        &restored,
+    );
+    ok(c);
+    assert_same(&files[0], &restored.join("rank-0.bin"));
+}
+
+#[test]
 fn large_objects_go_up_in_parts_and_come_back_whole() {
     let dir = scratch("multipart");
     let weed = server(dir.path());

@@ -286,8 +286,8 @@ pub struct S3Config {
     pub rate: ByteSize,
     /// Requests in flight at once (1–256).
     pub parallel: usize,
-    /// zstd level for chunk objects (1–19).
-    pub zstd_level: i32,
+    /// zstd level for chunk objects: 1–19, -7 to -1, or `auto`.
+    pub zstd_level: crate::dr::level::ZstdLevel,
     /// Objects larger than this are uploaded in parts.
     pub multipart_threshold: ByteSize,
     /// Part size of a multipart upload (at least 5 MiB, S3's minimum).
@@ -312,7 +312,7 @@ impl Default for S3Config {
             keep: 10,
             rate: ByteSize::b(0),
             parallel: 16,
-            zstd_level: 3,
+            zstd_level: crate::dr::level::ZstdLevel::Fixed(3),
             multipart_threshold: ByteSize::mib(16),
             part_size: ByteSize::mib(8),
             checksum: false,
@@ -445,7 +445,7 @@ pub struct Overrides {
     pub s3_keep: Option<usize>,
     pub s3_rate: Option<ByteSize>,
     pub s3_parallel: Option<usize>,
-    pub s3_zstd_level: Option<i32>,
+    pub s3_zstd_level: Option<crate::dr::level::ZstdLevel>,
     pub s3_multipart_threshold: Option<ByteSize>,
     pub s3_part_size: Option<ByteSize>,
     pub s3_checksum: Option<bool>,
@@ -771,10 +771,14 @@ impl Config {
                 );
             }
         }
-        if !(1..=19).contains(&self.s3.zstd_level) {
+        if !self.s3.zstd_level.is_valid() {
             return fail(
                 "s3.zstd_level",
-                format!("{} is outside 1..=19", self.s3.zstd_level),
+                format!(
+                    "{} is not one of {}",
+                    self.s3.zstd_level,
+                    crate::dr::level::FIXED_TEXT
+                ),
             );
         }
         if !(1..=256).contains(&self.s3.parallel) {
@@ -1023,6 +1027,26 @@ direct = false
                 .unwrap_err()
                 .to_string();
             assert!(e.contains("/etc/x.toml"), "{text}: {e}");
+        }
+    }
+
+    #[test]
+    fn s3_zstd_level_is_a_level_or_auto() {
+        use crate::dr::level::ZstdLevel;
+        let c = Config::from_toml("[s3]\nzstd_level = \"auto\"\n", "/etc/x.toml").unwrap();
+        assert_eq!(c.s3.zstd_level, ZstdLevel::Auto);
+        let c = Config::from_toml("[s3]\nzstd_level = -3\n", "/etc/x.toml").unwrap();
+        assert_eq!(c.s3.zstd_level, ZstdLevel::Fixed(-3));
+        assert_eq!(Config::default().s3.zstd_level, ZstdLevel::Fixed(3));
+        for text in ["[s3]\nzstd_level = 0\n", "[s3]\nzstd_level = 20\n"] {
+            let e = Config::from_toml(text, "/etc/x.toml")
+                .unwrap_err()
+                .to_string();
+            // Refused while parsing: the error shows the line and why.
+            assert!(
+                e.contains("/etc/x.toml") && e.contains("zstd_level") && e.contains("not one of"),
+                "{text}: {e}"
+            );
         }
     }
 

@@ -177,13 +177,37 @@ impl Adaptive {
         starved: Duration,
         total: Duration,
     ) -> Option<i32> {
-        if !self.auto || total.is_zero() {
+        if total.is_zero() {
             return None;
         }
-        let next = if starved * 4 > total {
+        self.decide(starved * 4 > total, compressed * 2 < total)
+    }
+
+    /// One window of a push that keeps many uploads in flight (S3): in
+    /// all, its pieces spent `compressing` from being handed to the
+    /// compressor to getting their bytes back (queueing for a core
+    /// included), and `sending` from then until the server had them.
+    /// Compression taking over a quarter of that time is one level down;
+    /// under an eighth, in [`UP_AFTER`] windows in a row, one level up.
+    /// Between the two the level stays. Returns the new level when it
+    /// changed.
+    pub fn observe_slots(&mut self, compressing: Duration, sending: Duration) -> Option<i32> {
+        let total = compressing + sending;
+        if total.is_zero() {
+            return None;
+        }
+        self.decide(compressing * 4 > total, compressing * 8 < total)
+    }
+
+    /// `down`: compression holds the push up; `up`: the link does, by far.
+    fn decide(&mut self, down: bool, up: bool) -> Option<i32> {
+        if !self.auto {
+            return None;
+        }
+        let next = if down {
             self.slow_link = 0;
             step(self.level, -1)
-        } else if compressed * 2 < total {
+        } else if up {
             self.slow_link += 1;
             if self.slow_link >= UP_AFTER {
                 self.slow_link = 0;
@@ -318,6 +342,30 @@ mod tests {
         assert_eq!(a.observe(ms(90), ms(40), ms(100)), Some(-1));
         assert_eq!(a.observe(ms(20), ms(2), ms(100)), None);
         assert_eq!(a.observe(ms(20), ms(2), ms(100)), Some(1));
+    }
+
+    #[test]
+    fn many_slots_move_the_level_by_compression_s_share_of_their_time() {
+        let mut a = Adaptive::new(ZstdLevel::Auto, None);
+        // Compression a third of the slots' time: down at once.
+        assert_eq!(a.observe_slots(ms(100), ms(200)), Some(AUTO_START - 1));
+        // A fifth: between the bounds, stays, and breaks an up streak.
+        assert_eq!(a.observe_slots(ms(100), ms(50)), Some(AUTO_START - 2));
+        assert_eq!(a.observe_slots(ms(10), ms(200)), None);
+        assert_eq!(a.observe_slots(ms(20), ms(80)), None);
+        assert_eq!(a.observe_slots(ms(10), ms(200)), None);
+        assert_eq!(a.level(), AUTO_START - 2);
+        // A twentieth, twice in a row: up.
+        assert_eq!(a.observe_slots(ms(10), ms(200)), Some(AUTO_START - 1));
+        for _ in 0..40 {
+            a.observe_slots(ms(10), ms(200));
+        }
+        assert_eq!(a.level(), AUTO_MAX);
+        // A window with no time says nothing; a fixed level never moves.
+        assert_eq!(a.observe_slots(Duration::ZERO, Duration::ZERO), None);
+        let mut f = Adaptive::new(ZstdLevel::Fixed(3), None);
+        assert_eq!(f.observe_slots(ms(100), ms(10)), None);
+        assert_eq!(f.level(), 3);
     }
 
     #[test]

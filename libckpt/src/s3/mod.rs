@@ -39,6 +39,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
 use object_store::path::Path as Key;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
+use crate::dr::level::ZstdLevel;
 use crate::dr::record::{RecordError, SetRecord};
 use crate::io::IoEngine;
 use crate::manifest::{Manifest, ManifestError};
@@ -66,7 +67,7 @@ pub struct S3Options {
     pub credentials: Credentials,
     /// Requests in flight at once.
     pub parallel: usize,
-    pub zstd_level: i32,
+    pub zstd_level: ZstdLevel,
     /// Objects larger than this go up in parts.
     pub multipart_threshold: u64,
     pub part_size: u64,
@@ -89,7 +90,7 @@ impl S3Options {
             path_style: false,
             credentials,
             parallel: 16,
-            zstd_level: 3,
+            zstd_level: ZstdLevel::Fixed(3),
             multipart_threshold: 16 << 20,
             part_size: 8 << 20,
             checksum: false,
@@ -106,6 +107,9 @@ pub struct S3Tier {
     store: Arc<AmazonS3>,
     layout: Layout,
     rt: tokio::runtime::Runtime,
+    /// Under `auto`, the level the last push ended at: the next starts
+    /// there.
+    learned: std::sync::Mutex<Option<i32>>,
 }
 
 impl std::fmt::Debug for S3Tier {
@@ -166,7 +170,22 @@ impl S3Tier {
             opts,
             store: Arc::new(store),
             rt,
+            learned: std::sync::Mutex::new(None),
         })
+    }
+
+    /// The setting, and under `auto` the level the last push ended at.
+    pub fn zstd_level(&self) -> (ZstdLevel, Option<i32>) {
+        (
+            self.opts.zstd_level,
+            *self.learned.lock().unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    fn remember_level(&self, level: i32) {
+        if self.opts.zstd_level == ZstdLevel::Auto {
+            *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = Some(level);
+        }
     }
 
     pub fn url(&self) -> &S3Url {
@@ -326,7 +345,11 @@ impl Tier for S3Tier {
     }
 
     fn compression(&self) -> Option<String> {
-        Some(format!("zstd {}", self.opts.zstd_level))
+        Some(match self.zstd_level() {
+            (ZstdLevel::Auto, Some(now)) => format!("zstd auto, now {now}"),
+            (ZstdLevel::Auto, None) => format!("zstd auto, from {}", crate::dr::level::AUTO_START),
+            (ZstdLevel::Fixed(l), _) => format!("zstd {l}"),
+        })
     }
 
     fn jobs(&self) -> Result<Vec<JobName>, TierError> {
