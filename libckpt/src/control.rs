@@ -214,10 +214,36 @@ fn frame_body(line: &[u8]) -> Result<&[u8], DecodeError> {
 }
 
 /// Parse a line into its fields, checking the version before anything else.
+/// serde_json's own marker for a raw JSON value. An object whose first
+/// key it is gets its string parsed as JSON, and re-encoding a map sorts
+/// it first: so a message carrying it anywhere would decode one way and,
+/// re-encoded, another (the `control` fuzz target found this).
+const RESERVED_KEY: &str = "$serde_json::private::";
+
+fn reserved_key(v: &Value) -> Option<&str> {
+    let mut todo = vec![v];
+    while let Some(v) = todo.pop() {
+        match v {
+            Value::Object(m) => {
+                if let Some(k) = m.keys().find(|k| k.starts_with(RESERVED_KEY)) {
+                    return Some(k);
+                }
+                todo.extend(m.values());
+            }
+            Value::Array(a) => todo.extend(a),
+            _ => {}
+        }
+    }
+    None
+}
+
 fn decode_object(line: &[u8]) -> Result<Map<String, Value>, DecodeError> {
     let body = frame_body(line)?;
     let value: Value =
         serde_json::from_slice(body).map_err(|e| DecodeError::Syntax(e.to_string()))?;
+    if let Some(k) = reserved_key(&value) {
+        return Err(DecodeError::Invalid(format!("reserved key `{k}`")));
+    }
     let Value::Object(mut map) = value else {
         return Err(DecodeError::NotAnObject);
     };
@@ -1028,6 +1054,10 @@ mod tests {
             b"{\"version\":1,\"ok\":false,\"error\":{\"kind\":\"io\",\"message\":\"m\",\"x\":1}}",
             b"{\"version\":1,\"ok\":true,\"result\":1,\"error\":{\"kind\":\"io\",\"message\":\"m\"}}",
             b"{\"version\":1,\"ok\":true,\"result\":1,\"extra\":2}",
+            // serde_json's raw-value marker, not first in its object (first,
+            // it fails to parse already): the fuzzer's find.
+            b"{\"version\":1,\"ok\":true,\"result\":{\"a\":1,\"$serde_json::private::RawValue\":\"[ -$\"}}",
+            b"{\"version\":1,\"ok\":true,\"result\":[{\"a\":{\"b\":1,\"$serde_json::private::RawValue\":\"1\"}}]}",
         ];
         for line in cases {
             assert!(
