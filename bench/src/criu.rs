@@ -322,13 +322,7 @@ fn durable_write(path: &Path, bytes: u64) -> anyhow::Result<f64> {
     let skip = raw.as_ptr().align_offset(ALIGN);
     let buf = &mut raw[skip..skip + BLOCK];
     // Not zeros: a virtual disk may store zero blocks for free.
-    let mut x = 0x9e37_79b9_7f4a_7c15u64;
-    for word in buf.chunks_exact_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        word.copy_from_slice(&x.to_le_bytes());
-    }
+    crate::host::fill_random(buf)?;
     let t = Instant::now();
     let f = fs::OpenOptions::new()
         .write(true)

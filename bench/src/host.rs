@@ -150,15 +150,21 @@ pub fn remove_dir(p: &Path) -> anyhow::Result<()> {
     }
 }
 
+/// Fill `buf` from /dev/urandom.
+pub fn fill_random(buf: &mut [u8]) -> anyhow::Result<()> {
+    use std::io::Read;
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(buf))
+        .context("reading /dev/urandom")
+}
+
 /// A DR shared key at `path`: 32 random bytes as hex, mode 0600,
 /// replacing any earlier one.
 pub fn write_dr_key(path: &Path) -> anyhow::Result<()> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut raw = [0u8; 32];
-    fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut raw))
-        .context("reading /dev/urandom")?;
+    fill_random(&mut raw)?;
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
     let _ = fs::remove_file(path);
     fs::OpenOptions::new()

@@ -293,9 +293,7 @@ struct Creds {
 impl Creds {
     fn random() -> anyhow::Result<Creds> {
         let mut raw = [0u8; 30];
-        File::open("/dev/urandom")
-            .and_then(|mut f| f.read_exact(&mut raw))
-            .context("reading /dev/urandom")?;
+        crate::host::fill_random(&mut raw)?;
         let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
         Ok(Creds {
             key: format!("CKB{}", hex(&raw[..10]).to_uppercase()),

@@ -724,15 +724,16 @@ impl Config {
                 return fail("dr.address", format!("{addr:?} is not HOST:PORT"));
             }
         }
-        if !self.dr.zstd_level.is_valid() {
-            return fail(
-                "dr.zstd_level",
-                format!(
-                    "{} is not one of {}",
-                    self.dr.zstd_level,
-                    crate::dr::level::FIXED_TEXT
-                ),
-            );
+        for (key, level) in [
+            ("dr.zstd_level", self.dr.zstd_level),
+            ("s3.zstd_level", self.s3.zstd_level),
+        ] {
+            if !level.is_valid() {
+                return fail(
+                    key,
+                    format!("{level} is not one of {}", crate::dr::level::FIXED_TEXT),
+                );
+            }
         }
         {
             use crate::dr::rdma::private::{MAX_BUF, MAX_BUFS, MIN_BUF, MIN_BUFS};
@@ -770,16 +771,6 @@ impl Config {
                     format!("{e:?} is not an http:// or https:// address"),
                 );
             }
-        }
-        if !self.s3.zstd_level.is_valid() {
-            return fail(
-                "s3.zstd_level",
-                format!(
-                    "{} is not one of {}",
-                    self.s3.zstd_level,
-                    crate::dr::level::FIXED_TEXT
-                ),
-            );
         }
         if !(1..=256).contains(&self.s3.parallel) {
             return fail(

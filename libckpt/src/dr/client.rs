@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use super::auth::Key;
 use super::conn::{Conn, Retry, Transport};
 use super::error::DrError;
-use super::level::{self, Adaptive, ZstdLevel};
+use super::level::{self, Adaptive, Remembered, ZstdLevel};
 use super::proto::{Deleted, Empty, ErrorKind, JobRef, Jobs, MsgType, SetRef, Sets};
 use super::transport::{Choice, InUse};
 use crate::io::IoEngine;
@@ -30,10 +30,9 @@ const TIER: &str = "dr";
 pub struct DrTier {
     addr: String,
     key: Key,
-    level: ZstdLevel,
-    /// Under `auto`, the level the last push ended at.
-    learned: Arc<Mutex<Option<i32>>>,
-    /// Where `learned` outlives this process (see [`DrTier::with_level_file`]).
+    level: Remembered,
+    /// Where the level learned outlives this process (see
+    /// [`DrTier::with_level_file`]).
     level_file: Option<PathBuf>,
     retry: Retry,
     connect_timeout: Duration,
@@ -63,8 +62,7 @@ impl DrTier {
         Ok(DrTier {
             addr,
             key,
-            level: zstd_level,
-            learned: Arc::new(Mutex::new(None)),
+            level: Remembered::new(zstd_level),
             level_file: None,
             retry: Retry::default(),
             connect_timeout: Duration::from_secs(10),
@@ -106,7 +104,7 @@ impl DrTier {
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
             .filter(|l| level::valid(*l));
-        *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = found;
+        self.level.set(found);
         self.level_file = Some(file);
         self
     }
@@ -118,18 +116,12 @@ impl DrTier {
 
     /// The level the next push starts at, adjusted by it under `auto`.
     pub(crate) fn compression(&self) -> Adaptive {
-        let learned = *self.learned.lock().unwrap_or_else(|p| p.into_inner());
-        Adaptive::new(self.level, learned)
+        self.level.start()
     }
 
     /// Where a push's level ended, for the next one.
     pub(crate) fn remember_level(&self, level: i32) {
-        let before = self
-            .learned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .replace(level);
-        if self.level != ZstdLevel::Auto || before == Some(level) {
+        if !self.level.remember(level) {
             return;
         }
         if let Some(file) = &self.level_file {
@@ -143,10 +135,7 @@ impl DrTier {
 
     /// The setting, and under `auto` the level the last push ended at.
     pub fn zstd_level(&self) -> (ZstdLevel, Option<i32>) {
-        (
-            self.level,
-            *self.learned.lock().unwrap_or_else(|p| p.into_inner()),
-        )
+        self.level.get()
     }
 
     /// Open a connection. In `auto`, an RDMA attempt that failed is not
@@ -380,11 +369,7 @@ impl Tier for DrTier {
     }
 
     fn compression(&self) -> Option<String> {
-        Some(match self.zstd_level() {
-            (ZstdLevel::Auto, Some(now)) => format!("zstd auto, now {now}"),
-            (ZstdLevel::Auto, None) => format!("zstd auto, from {}", level::AUTO_START),
-            (ZstdLevel::Fixed(l), _) => format!("zstd {l}"),
-        })
+        Some(self.level.describe())
     }
 
     fn jobs(&self) -> Result<Vec<JobName>, TierError> {

@@ -35,6 +35,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -223,6 +224,58 @@ impl Adaptive {
             self.level = next;
             next
         })
+    }
+}
+
+/// A tier's level setting and, under `auto`, the level its last push
+/// ended at, where the next starts (shared by the tier's clones).
+#[derive(Debug, Clone)]
+pub struct Remembered {
+    setting: ZstdLevel,
+    learned: Arc<Mutex<Option<i32>>>,
+}
+
+impl Remembered {
+    pub fn new(setting: ZstdLevel) -> Remembered {
+        Remembered {
+            setting,
+            learned: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    fn learned_now(&self) -> std::sync::MutexGuard<'_, Option<i32>> {
+        self.learned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The setting, and the level the last push ended at.
+    pub fn get(&self) -> (ZstdLevel, Option<i32>) {
+        (self.setting, *self.learned_now())
+    }
+
+    /// Start from `level` (kept from an earlier process).
+    pub fn set(&self, level: Option<i32>) {
+        *self.learned_now() = level;
+    }
+
+    /// The level the next push starts at, adjusted by it under `auto`.
+    pub fn start(&self) -> Adaptive {
+        Adaptive::new(self.setting, *self.learned_now())
+    }
+
+    /// Where a push's level ended. True when, under `auto`, that is a
+    /// level other than the one kept before.
+    pub fn remember(&self, level: i32) -> bool {
+        let before = self.learned_now().replace(level);
+        self.setting == ZstdLevel::Auto && before != Some(level)
+    }
+
+    /// For `ckptfs status`: `zstd 3`, `zstd auto, from 3`, `zstd auto, now -2`.
+    pub fn describe(&self) -> String {
+        match self.get() {
+            (ZstdLevel::Auto, Some(now)) => format!("zstd auto, now {now}"),
+            (ZstdLevel::Auto, None) => format!("zstd auto, from {AUTO_START}"),
+            (ZstdLevel::Fixed(l), _) => format!("zstd {l}"),
+        }
     }
 }
 

@@ -39,7 +39,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder, Checksum};
 use object_store::path::Path as Key;
 use object_store::{ClientOptions, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig};
 
-use crate::dr::level::ZstdLevel;
+use crate::dr::level::{Remembered, ZstdLevel};
 use crate::dr::record::{RecordError, SetRecord};
 use crate::io::IoEngine;
 use crate::manifest::{Manifest, ManifestError};
@@ -107,9 +107,8 @@ pub struct S3Tier {
     store: Arc<AmazonS3>,
     layout: Layout,
     rt: tokio::runtime::Runtime,
-    /// Under `auto`, the level the last push ended at: the next starts
-    /// there.
-    learned: std::sync::Mutex<Option<i32>>,
+    /// The zstd setting and, under `auto`, where the last push ended.
+    level: Remembered,
 }
 
 impl std::fmt::Debug for S3Tier {
@@ -165,27 +164,19 @@ impl S3Tier {
             .enable_all()
             .build()
             .map_err(|e| refused(format!("starting the S3 client's runtime: {e}")))?;
+        let level = Remembered::new(opts.zstd_level);
         Ok(S3Tier {
             layout: Layout::new(&opts.url.prefix),
             opts,
             store: Arc::new(store),
             rt,
-            learned: std::sync::Mutex::new(None),
+            level,
         })
     }
 
     /// The setting, and under `auto` the level the last push ended at.
     pub fn zstd_level(&self) -> (ZstdLevel, Option<i32>) {
-        (
-            self.opts.zstd_level,
-            *self.learned.lock().unwrap_or_else(|p| p.into_inner()),
-        )
-    }
-
-    fn remember_level(&self, level: i32) {
-        if self.opts.zstd_level == ZstdLevel::Auto {
-            *self.learned.lock().unwrap_or_else(|p| p.into_inner()) = Some(level);
-        }
+        self.level.get()
     }
 
     pub fn url(&self) -> &S3Url {
@@ -345,11 +336,7 @@ impl Tier for S3Tier {
     }
 
     fn compression(&self) -> Option<String> {
-        Some(match self.zstd_level() {
-            (ZstdLevel::Auto, Some(now)) => format!("zstd auto, now {now}"),
-            (ZstdLevel::Auto, None) => format!("zstd auto, from {}", crate::dr::level::AUTO_START),
-            (ZstdLevel::Fixed(l), _) => format!("zstd {l}"),
-        })
+        Some(self.level.describe())
     }
 
     fn jobs(&self) -> Result<Vec<JobName>, TierError> {

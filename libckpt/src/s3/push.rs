@@ -160,7 +160,7 @@ pub(super) fn push(
         .clamp(1, (MAX_INFLIGHT_BYTES / max_piece).max(1));
     let claimed = Mutex::new(HashSet::new());
     let level = Mutex::new(Level {
-        adaptive: Adaptive::new(tier.opts.zstd_level, tier.zstd_level().1),
+        adaptive: tier.level.start(),
         windows: 0,
         pieces: 0,
         compressing: Duration::ZERO,
@@ -244,7 +244,7 @@ pub(super) fn push(
     })?;
     report.files = m.files.len() as u64;
     let zstd_level = Level::now(&level);
-    tier.remember_level(zstd_level);
+    tier.level.remember(zstd_level);
     tracing::info!(
         job = %m.job, set = %m.set, url = %tier.opts.url, report = ?report, zstd_level,
         "set pushed to S3"
