@@ -190,6 +190,48 @@ fn kill9_fails_writes_on_open_handles(m: &mut Mount) {
     assert_eq!(m.ls_state("j", "s").as_deref(), Some("abandoned"));
 }
 
+/// close(2), with its error: dropping a `File` ignores it.
+fn close(f: File) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    let fd = f.into_raw_fd();
+    // SAFETY: `fd` came from `into_raw_fd`, so it is open and nothing else
+    // owns or closes it.
+    if unsafe { libc::close(fd) } == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+both_paths!(kill9_close_reports_to_writers_only);
+/// After the daemon is killed, close(2) of a write handle reports it: what
+/// was written can never become part of a checkpoint. A read handle on a
+/// complete set closes cleanly, since what it read was whole; it sends no
+/// FLUSH, which spares a restart one round trip a file.
+fn kill9_close_reports_to_writers_only(m: &mut Mount) {
+    let done = m.new_set("j", "done");
+    let bytes = pattern(1 << 16, 3);
+    write_file(&done.join("f"), &bytes);
+    m.commit_ok("j", "done");
+    let reader = File::open(done.join("f")).unwrap();
+    let mut back = vec![0; bytes.len()];
+    reader.read_exact_at(&mut back, 0).unwrap();
+    assert_bytes_eq(&back, &bytes, "read before the kill");
+    let set = m.new_set("j", "s");
+    let writer = File::create(set.join("w")).unwrap();
+    writer.write_all_at(b"partial", 0).unwrap();
+    m.kill9();
+    wait_until(WAIT, "the mount to report ENOTCONN", || {
+        fs::metadata(m.p("j")).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
+    });
+    let e = close(writer).expect_err("close of a write handle after the kill succeeded");
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
+    close(reader).expect("close of a read handle after the kill");
+    m.start_daemon();
+    assert_eq!(m.ls_state("j", "s").as_deref(), Some("abandoned"));
+    m.verify_ok("j", "done");
+}
+
 both_paths!(cache_full_gives_enospc, |o| o.tmpfs_cache(64));
 /// A full cache: the writer gets ENOSPC, the daemon stays up, an earlier
 /// complete set still verifies, and once space is freed the set being
