@@ -959,7 +959,8 @@ fn markdown(
          the caches; every round runs every variant, rotating the order; the mounts' sets are \
          committed (`ckptfs commit`, not timed) and removed (`ckptfs rm`) after each variant, \
          the small files only at the end of the run (creates right after a large removal ran ten \
-         times slower on the development VM); `sync` between variants; MB/s = 10^6 bytes/s; ratios are medians of per-round ratios\n",
+         times slower on the development VM); `sync` between variants; MB/s = 10^6 bytes/s; \
+         ratios are medians of per-round ratios\n",
         dir.display()
     );
     for (b, &bench) in benches.iter().enumerate() {

@@ -206,8 +206,8 @@ fn close(f: File) -> std::io::Result<()> {
 both_paths!(kill9_close_reports_to_writers_only);
 /// After the daemon is killed, close(2) of a write handle reports it: what
 /// was written can never become part of a checkpoint. A read handle on a
-/// complete set closes cleanly, since what it read was whole; it sends no
-/// FLUSH, which spares a restart one round trip a file.
+/// complete set closes cleanly, since what it read was whole: its close
+/// sends no FLUSH.
 fn kill9_close_reports_to_writers_only(m: &mut Mount) {
     let done = m.new_set("j", "done");
     let bytes = pattern(1 << 16, 3);

@@ -113,9 +113,9 @@ fn errno_of(e: &io::Error) -> Errno {
 
 /// Open flags for what a handle's `close()` needs. Only a write handle has
 /// something for `close()` to report: that the daemon died under it
-/// (ENOTCONN). A read handle skips the FLUSH round trip, so a restart
-/// reading a checkpoint of many small files waits for two requests a file
-/// (LOOKUP and OPEN) instead of three.
+/// (ENOTCONN). A read handle skips the FLUSH round trip; reading a file
+/// again while the kernel still holds its name ran 1.55x faster
+/// (bench/RESULTS.md, 2026-11-29).
 fn close_flags(entry: &FileHandleEntry) -> FopenFlags {
     if entry.write {
         FopenFlags::empty()
