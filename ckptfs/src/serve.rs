@@ -1,6 +1,7 @@
 //! `ckptfs serve`: the DR site's receiver. Loads the key, binds, serves
 //! until SIGTERM or SIGINT; everything else is `libckpt::dr`.
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -72,10 +73,14 @@ pub fn run(args: &ServeArgs, global: &crate::args::Global) -> Result<()> {
         })
         .context("starting the signal thread")?;
 
-    eprintln!(
-        "ckptfs serve: listening on {addr} over {transports} (root {})",
+    // One write(2) for the whole line: scripts and tests wait for it in the
+    // log, and eprintln! on unbuffered stderr writes it piece by piece (a
+    // test once read "listening on " without the rest).
+    let line = format!(
+        "ckptfs serve: listening on {addr} over {transports} (root {})\n",
         args.root.display()
     );
+    let _ = std::io::stderr().write_all(line.as_bytes());
     let served = server.run();
     signal_handle.close();
     let _ = signal_thread.join();

@@ -105,7 +105,7 @@ impl Site {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let text = fs::read_to_string(&log).unwrap_or_default();
-            if text.contains("ckptfs serve: listening on") {
+            if netns::listening_lines(&text) > 0 {
                 break;
             }
             if let Ok(Some(st)) = p.child.try_wait() {

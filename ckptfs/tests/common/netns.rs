@@ -390,10 +390,7 @@ impl Server {
         self.child = Some(child);
         let deadline = Instant::now() + super::WAIT;
         loop {
-            let listening = fs::read_to_string(&self.log)
-                .unwrap_or_default()
-                .matches("ckptfs serve: listening on")
-                .count();
+            let listening = listening_lines(&fs::read_to_string(&self.log).unwrap_or_default());
             if listening >= self.starts {
                 return;
             }
@@ -943,4 +940,13 @@ fn relay_conn(client: TcpStream, upstream: &str, delay: Duration, sh: Arc<RelayS
     }
     let _ = client.shutdown(Shutdown::Both);
     let _ = server.shutdown(Shutdown::Both);
+}
+
+/// How many whole "ckptfs serve: listening on …" lines `log` holds: a line
+/// still being written does not count, so what the caller reads next in
+/// it is all there.
+pub fn listening_lines(log: &str) -> usize {
+    log.split_inclusive('\n')
+        .filter(|l| l.starts_with("ckptfs serve: listening on") && l.ends_with('\n'))
+        .count()
 }
