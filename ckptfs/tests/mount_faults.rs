@@ -30,6 +30,17 @@ fn paced_dd_writer(target: &Path, max_mib: u32, stderr_path: &Path) -> Proc {
     Proc::sh(script, &[&target, &max_mib.to_string()], stderr_path)
 }
 
+/// Wait until stat(2) of `p` under a dead daemon's mount fails with
+/// ENOTCONN (at once for a new name; for a cached one once the kernel's
+/// attribute cache expires).
+fn wait_enotconn(p: &Path) {
+    wait_until(
+        WAIT,
+        &format!("stat of {} to fail with ENOTCONN", p.display()),
+        || fs::metadata(p).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN),
+    );
+}
+
 fn file_len(p: &Path) -> u64 {
     fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
@@ -98,23 +109,14 @@ fn kill9_under_writers_then_remount(m: &mut Mount) {
         libc::ENOTCONN,
         "lookup through the dead mount",
     );
-    wait_until(WAIT, "stat of MOUNT/done to fail with ENOTCONN", || {
-        fs::metadata(m.p("done"))
-            .err()
-            .and_then(|e| e.raw_os_error())
-            == Some(libc::ENOTCONN)
-    });
+    wait_enotconn(&m.p("done"));
     // The complete set is intact.
     m.verify_ok("done", "s1");
 
     // Mount again on the same mount point: no manual umount needed. (Once
     // the kernel's cached attributes of the mount root have expired: the
     // immediate remount is remount_right_after_kill9.)
-    wait_until(
-        WAIT,
-        "stat of the mount point to fail with ENOTCONN",
-        || fs::metadata(&m.mnt).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN),
-    );
+    wait_enotconn(&m.mnt);
     m.start_daemon();
     assert_bytes_eq(
         &fs::read(done.join("a.bin")).expect("read the complete set after the remount"),
@@ -167,9 +169,7 @@ fn kill9_fails_writes_on_open_handles(m: &mut Mount) {
     let fh = File::create(set.join("held")).unwrap();
     fh.write_all_at(&pattern(1 << 20, 1), 0).unwrap();
     m.kill9();
-    wait_until(WAIT, "the mount to report ENOTCONN", || {
-        fs::metadata(m.p("j")).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
-    });
+    wait_enotconn(&m.p("j"));
     let before = file_len(&m.c("j/s/held"));
     let r = fh.write_all_at(&pattern(1 << 20, 2), 1 << 20);
     let after = file_len(&m.c("j/s/held"));
@@ -221,9 +221,7 @@ fn kill9_close_reports_to_writers_only(m: &mut Mount) {
     let writer = File::create(set.join("w")).unwrap();
     writer.write_all_at(b"partial", 0).unwrap();
     m.kill9();
-    wait_until(WAIT, "the mount to report ENOTCONN", || {
-        fs::metadata(m.p("j")).err().and_then(|e| e.raw_os_error()) == Some(libc::ENOTCONN)
-    });
+    wait_enotconn(&m.p("j"));
     let e = close(writer).expect_err("close of a write handle after the kill succeeded");
     assert_eq!(e.raw_os_error(), Some(libc::ENOTCONN), "{e}");
     close(reader).expect("close of a read handle after the kill");
